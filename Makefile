@@ -1,0 +1,51 @@
+# dsnn: `make run` trains, attacks and reports the default model; `make test` runs the fast tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+EPS ?= 0.3
+# One run directory per `make run`, named to the microsecond.
+RUN_DIR := outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all lint format bench smoke clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/dsnn: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/dsnn ## create .venv and install dsnn with its test tools
+
+run: $(BIN)/dsnn ## train the default model, attack it at EPS (0.3) and print the results (ARGS=overrides)
+	$(BIN)/dsnn train hydra.run.dir=$(RUN_DIR) $(ARGS)
+	$(BIN)/dsnn attack run=$(RUN_DIR) eps=$(EPS)
+	$(BIN)/dsnn report dir=$(RUN_DIR)
+
+test: $(BIN)/dsnn ## fast test suite (what CI runs)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: $(BIN)/dsnn ## every test, slow ones included
+	$(BIN)/python -m pytest -q
+
+smoke: $(BIN)/dsnn ## a CPU smoke run on synthetic data
+	$(BIN)/dsnn train data=synthetic debug=smoke hydra.run.dir=$(RUN_DIR)
+	$(BIN)/dsnn attack run=$(RUN_DIR) debug=smoke
+
+lint: $(BIN)/dsnn ## ruff lint and format check
+	$(BIN)/ruff check dsnn_cli tests benchmarks
+	$(BIN)/ruff format --check dsnn_cli tests benchmarks
+
+format: $(BIN)/dsnn ## ruff format and autofix
+	$(BIN)/ruff format dsnn_cli tests benchmarks
+	$(BIN)/ruff check --fix dsnn_cli tests benchmarks
+
+bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process)
+	$(BIN)/python benchmarks/bench_training.py
+
+clean: ## remove caches (keeps .venv and outputs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

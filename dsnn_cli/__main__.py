@@ -1,0 +1,3 @@
+from dsnn_cli.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Activations by name, each declaring the slope bounds [m, M] its certificates use.
+
+Every activation here is monotone with derivative in [m, M] (M <= 1), so for any x, y the
+divided difference (s(x) - s(y)) / (x - y) lies in [m, M]: that is the only property the
+Lipschitz factors in `dsnn_cli.steps` rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dsnn_cli.errors import UsageError
+from dsnn_cli.registry import Registry
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation module with its slope interval [slope_min, slope_max]."""
+
+    module: nn.Module
+    slope_min: float
+    slope_max: float
+
+
+ACTIVATIONS: Registry = Registry("activation")
+
+
+class LeakyReLU(nn.Module):
+    """max{x, alpha x} for alpha in [0, 1]: slopes in [alpha, 1]."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, self.alpha * x)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+@ACTIVATIONS.register("leaky_relu")
+def leaky_relu(alpha: float = 0.5) -> Activation:
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"model.activation.alpha={alpha} must lie in [0, 1]")
+    return Activation(LeakyReLU(alpha), slope_min=float(alpha), slope_max=1.0)
+
+
+@ACTIVATIONS.register("relu")
+def relu() -> Activation:
+    return Activation(nn.ReLU(), 0.0, 1.0)
+
+
+@ACTIVATIONS.register("tanh")
+def tanh() -> Activation:
+    # tanh' = 1 - tanh^2 reaches 0 only at infinity: on unbounded inputs m = 0.
+    return Activation(nn.Tanh(), 0.0, 1.0)
+
+
+@ACTIVATIONS.register("sigmoid")
+def sigmoid() -> Activation:
+    return Activation(nn.Sigmoid(), 0.0, 0.25)
+
+
+@ACTIVATIONS.register("softplus")
+def softplus() -> Activation:
+    return Activation(nn.Softplus(), 0.0, 1.0)
+
+
+def build_activation(cfg) -> Activation:
+    """Build from a config node ``{name: ..., **kwargs}`` or a bare name."""
+    if isinstance(cfg, str):
+        name, kwargs = cfg, {}
+    else:
+        kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+        name = cfg["name"]
+    factory = ACTIVATIONS[name]
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"model.activation: {name} does not take {sorted(kwargs)} ({exc})") from None

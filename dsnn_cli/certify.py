@@ -1,0 +1,103 @@
+"""Lipschitz certificates and certified accuracy from logit margins.
+
+If the logits z = N(x) are L-Lipschitz in l2, every difference z_i - z_j is
+sqrt(2) L-Lipschitz (||e_i - e_j|| = sqrt(2)), so a correctly classified point whose
+top-1 minus runner-up margin exceeds sqrt(2) L eps keeps its label for every ||delta|| <= eps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def lipschitz_bound(model: nn.Module) -> float | None:
+    """Proven upper bound on the l2 Lipschitz constant from [0,1] pixels to logits.
+
+    The bound describes the model in eval mode (the weights `calibrate()` fixed). Returns
+    None for a model without a certificate, `resnet` included.
+    """
+    factors = lipschitz_factors(model)
+    if factors is None:
+        return None
+    return math.prod(factor for _, factor in factors)
+
+
+def lipschitz_factors(model: nn.Module) -> list[tuple[str, float]] | None:
+    method = getattr(model, "lipschitz_factors", None)
+    if method is None:
+        return None
+    with torch.no_grad():
+        return method()
+
+
+def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j: positive exactly where the prediction is correct."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, labels[:, None], -math.inf)
+    return true - others.max(dim=1).values
+
+
+def certified_mask(margins: torch.Tensor, bound: float | None, eps: float) -> torch.Tensor | None:
+    """Points whose margin exceeds sqrt(2) L eps (None when there is no bound)."""
+    if bound is None:
+        return None
+    return margins > math.sqrt(2.0) * bound * eps
+
+
+def certified_accuracy(margins: torch.Tensor, bound: float | None, eps_list) -> dict | None:
+    """{eps: fraction certified} for every eps, or None without a bound."""
+    if bound is None:
+        return None
+    return {
+        format_eps(eps): float(certified_mask(margins, bound, eps).float().mean()) for eps in eps_list
+    }
+
+
+def format_eps(eps: float) -> str:
+    return f"{eps:.6g}"
+
+
+def jacobian_norm_lower_bound(
+    model: nn.Module, x: torch.Tensor, iters: int = 50, seed: int = 0
+) -> torch.Tensor:
+    """Per-sample spectral norm of the Jacobian at x by power iteration (a lower bound)."""
+    from torch.func import jvp, vjp
+
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+    _, pullback = vjp(model, x)
+    norms = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        _, jv = jvp(model, (x,), (v,))
+        norms = jv.flatten(1).norm(dim=1)
+        (v,) = pullback(jv)
+        v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
+    return norms
+
+
+def parse_eps(value) -> list[float]:
+    """eps from the command line: a number, 'a/b' (e.g. 8/255), or a list of them; all >= 0."""
+    from dsnn_cli.errors import UsageError
+
+    items = [value] if isinstance(value, (str, int, float)) or value is None else list(value)
+    result = []
+    for item in items:
+        try:
+            if isinstance(item, str) and "/" in item:
+                num, den = item.split("/", 1)
+                eps = float(num) / float(den)
+            else:
+                eps = float(item)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise UsageError(f"eps={item!r} is not a number (use e.g. eps=0.3, eps=8/255 or eps=[0.1,0.3])") from None
+        if not math.isfinite(eps) or eps < 0:
+            raise UsageError(f"eps={item} must be a finite number >= 0 (an l2 radius in [0,1] pixel units)")
+        result.append(eps)
+    if not result:
+        raise UsageError("eps is empty; give at least one radius, e.g. eps=0.3")
+    return result

@@ -1,0 +1,214 @@
+"""The `dsnn` command: dispatches a subcommand to its Hydra entry point.
+
+Only the standard library is imported here so that `dsnn --help` is instant; each
+subcommand imports torch when it runs. Hydra owns the rest of ``sys.argv`` (overrides,
+``--help``, ``--cfg job``, ``-m``). Errors are reported as one line,
+``dsnn: error: ...``, with exit status 2 for usage and config errors and 1 for runtime
+errors; ``DSNN_DEBUG=1`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+SUBCOMMANDS = {
+    "train": "train a model: dsnn train model=lipschitz data=cifar10 trainer.max_epochs=5",
+    "attack": "attack a trained run: dsnn attack run=RUN_DIR eps=0.3",
+    "report": "tabulate every run under a directory: dsnn report dir=outputs",
+    "sweep": "Hydra multirun of train + attack: dsnn sweep model=resnet,lipschitz",
+}
+
+USAGE = """usage: dsnn <command> [hydra overrides...]
+
+Dynamical-systems-based neural networks: train, attack, certify and compare them.
+
+commands:
+{commands}
+
+Each command takes Hydra overrides (key=value, group=option) and Hydra's flags:
+  dsnn train --help        config groups and their options
+  dsnn train --cfg job     print the composed config and exit
+  dsnn train -m a=1,2      multirun over a grid
+
+Set DSNN_DEBUG=1 to see the traceback of an error.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dsnn` script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        commands = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items())
+        print(USAGE.format(commands=commands))
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from dsnn_cli import __version__
+
+        print(f"dsnn {__version__}")
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        return fail(f"unknown command '{command}' (valid: {', '.join(SUBCOMMANDS)})", 2)
+    try:
+        refuse_finished_run_dir(overrides)
+        overrides = COMMAND_ARGV_REWRITES.get(command, lambda a: a)(overrides)
+        run_command(command, overrides)
+    except SystemExit as stop:  # Hydra exits after --help / --cfg
+        return int(stop.code or 0) if not isinstance(stop.code, str) else fail(stop.code, 2)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except BaseException as exc:  # noqa: BLE001 - every error becomes one line
+        message, code = describe_error(exc)
+        if os.environ.get("DSNN_DEBUG"):
+            traceback.print_exc()
+        return fail(message, code)
+    return 0
+
+
+def run_command(command: str, overrides: list[str]) -> None:
+    """Hand argv to the command's ``@hydra.main`` function and let Hydra raise errors."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    module = importlib.import_module(f"dsnn_cli.commands.{command}")
+    saved = sys.argv
+    from dsnn_cli.commands import FAILURES
+
+    sys.argv = [f"dsnn-{command}", *overrides]
+    FAILURES.clear()
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+    if FAILURES:
+        raise FAILURES.pop()
+
+
+def sweep_argv(overrides: list[str]) -> list[str]:
+    """`sweep.attack=X` chooses the attack group option X (`none` skips the attack)."""
+    return [
+        "attack=" + item.partition("=")[2] if item.partition("=")[0] == "sweep.attack" else item
+        for item in overrides
+    ]
+
+
+def attack_argv(overrides: list[str]) -> list[str]:
+    """Refuse `run=` pointing nowhere before Hydra creates it as its run directory."""
+    from dsnn_cli.errors import UsageError
+
+    runs = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "run"]
+    if not runs and not is_help(overrides):
+        raise UsageError("missing run=RUN_DIR: the run directory to attack (see dsnn report)")
+    for value in runs:
+        if not Path(value).expanduser().is_dir():
+            raise UsageError(f"run={value} is not a directory; give a run directory written by dsnn train")
+    return overrides
+
+
+def is_help(overrides: list[str]) -> bool:
+    return bool({"-h", "--help", "--hydra-help", "--info", "-c", "--cfg", "-i"} & set(overrides))
+
+
+COMMAND_ARGV_REWRITES = {"sweep": sweep_argv, "attack": attack_argv}
+
+
+def refuse_finished_run_dir(overrides: list[str]) -> None:
+    """Refuse `hydra.run.dir=DIR` when DIR holds a finished run, before Hydra writes into it."""
+    from dsnn_cli.errors import UsageError
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") != "hydra.run.dir" or not value:
+            continue
+        summary = Path(value) / "summary.json"
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (OSError, ValueError):
+            continue
+        if status == "done":
+            raise UsageError(
+                f"hydra.run.dir={value} already holds a finished run; "
+                "choose a new directory or leave hydra.run.dir unset"
+            )
+
+
+def fail(message: str, code: int) -> int:
+    print(f"dsnn: error: {message}", file=sys.stderr)
+    return code
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """One line and an exit status for any exception that reaches the CLI."""
+    from dsnn_cli.errors import DsnnError
+
+    if isinstance(exc, DsnnError):
+        return one_line(str(exc)), exc.exit_code
+    hydra_error = describe_hydra_error(exc)
+    if hydra_error is not None:
+        return hydra_error, 2
+    hint = " (set DSNN_DEBUG=1 for the traceback)"
+    return one_line(f"{type(exc).__name__}: {exc}") + hint, 1
+
+
+def describe_hydra_error(exc: BaseException) -> str | None:
+    """Config and override errors from Hydra or OmegaConf, rewritten to name the fix."""
+    try:
+        from hydra.errors import (
+            ConfigCompositionException,
+            HydraException,
+            MissingConfigException,
+            OverrideParseException,
+        )
+        from omegaconf.errors import (
+            ConfigAttributeError,
+            ConfigKeyError,
+            MissingMandatoryValue,
+            OmegaConfBaseException,
+        )
+    except ImportError:  # pragma: no cover - hydra is a core dependency
+        return None
+    if isinstance(exc, MissingConfigException):
+        missing = exc.missing_cfg_file or ""
+        group, _, option = missing.rpartition("/")
+        if exc.options:
+            valid = ", ".join(sorted(exc.options))
+            return f"unknown {group} option '{option}' (valid: {valid})"
+        return one_line(str(exc))
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override '{exc.override}': {one_line(exc.message)}"
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return describe_unknown_key(cause)
+    while cause is not None and not isinstance(cause, MissingMandatoryValue) and cause.__cause__ is not None:
+        cause = cause.__cause__ if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) else None
+    if isinstance(cause, MissingMandatoryValue):
+        key = getattr(cause, "full_key", None) or "a value"
+        return f"missing required value '{key}': give it on the command line ({key}=...)"
+    if isinstance(exc, (HydraException, OmegaConfBaseException)):
+        text = str(exc).strip() or (str(exc.__cause__) if exc.__cause__ is not None else "")
+        return one_line(text or type(exc).__name__)
+    return None
+
+
+def describe_unknown_key(error: BaseException) -> str:
+    full_key = getattr(error, "full_key", None) or getattr(error, "key", "?")
+    parent = getattr(error, "parent_node", None)
+    valid = ""
+    try:
+        if parent is not None:
+            valid = f" (valid keys: {', '.join(str(k) for k in parent.keys())})"
+    except Exception:  # noqa: BLE001 - listing keys is best effort
+        valid = ""
+    return f"unknown config key '{full_key}'{valid}; add it with +{full_key}=... if intended"
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else "unknown error"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

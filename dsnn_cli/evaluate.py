@@ -1,0 +1,150 @@
+"""`dsnn attack`: rebuild a run's model, attack it at every eps, certify it, record it.
+
+Writes ``RUN_DIR/attack-<name>.json``: the attack's settings, ``n``, the Lipschitz bound and
+``results``, a list of ``{eps, clean, robust, certified}`` (fractions; ``certified`` is null
+without a bound). A repeat with the same settings merges its eps values into the file; any
+other repeat replaces it. Either way the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dsnn_cli.attacks import attack_settings, build_attack
+from dsnn_cli.certify import certified_mask, lipschitz_bound, logit_margins, parse_eps
+from dsnn_cli.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from dsnn_cli.data import load_data, stratified_subset
+from dsnn_cli.errors import DsnnError, UsageError
+from dsnn_cli.progress import console, progress_bar
+from dsnn_cli.rundir import CONFIG, atomic_write_json, read_json
+from dsnn_cli.training import resolve_device
+
+log = logging.getLogger("dsnn.attack")
+
+
+def attack_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"attack-{name}.json"
+
+
+def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Attack the model of ``cfg.run`` at every ``cfg.eps`` and write the attack file."""
+    started = time.perf_counter()
+    run_dir = Path(str(cfg["run"])).expanduser()
+    eps_list = parse_eps(cfg["eps"])
+    attack_cfg = plain(cfg["attack"])
+    settings = attack_settings(attack_cfg)
+    attack = build_attack(attack_cfg)
+    checkpoint = find_checkpoint(run_dir)
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    device = resolve_device(str(cfg.get("device", "auto")))
+    model.to(device)
+    images, labels = attack_examples(run_dir, cfg, model.config["data_info"])
+    images, labels = images.to(device), labels.to(device)
+    bound = lipschitz_bound(model)
+    with torch.no_grad():
+        margins = logit_margins(model(images).float(), labels)
+    log.info("attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
+             attack_cfg["name"], len(labels), run_dir, eps_list, bound)
+    results = []
+    with progress_bar(cfg.get("progress")) as bar:
+        task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
+        for eps in eps_list:
+            outcome = attack(model, images, labels, eps)
+            certified = certified_mask(margins, bound, eps)
+            if certified is not None:
+                certified = certified & outcome.correct
+                check_certificates(certified, outcome.robust, eps)
+            results.append({
+                "eps": eps,
+                "clean": mean(outcome.correct),
+                "robust": mean(outcome.robust),
+                "certified": None if certified is None else mean(certified),
+            })
+            bar.update(task, advance=1, status=f"eps {eps:.4g}: robust {results[-1]['robust']:.3f}")
+    record = {
+        "attack": attack_cfg["name"],
+        "settings": settings,
+        "n": int(len(labels)),
+        "n_examples": attack_cfg.get("n_examples"),
+        "lipschitz_bound": bound,
+        "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": results,
+    }
+    record = merge_with_previous(attack_path(run_dir, attack_cfg["name"]), record)
+    atomic_write_json(attack_path(run_dir, attack_cfg["name"]), record)
+    print_attack_table(run_dir, record)
+    return record
+
+
+def attack_examples(run_dir: Path, cfg, data_info: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's test images (its own data config), a stratified subset of attack.n_examples."""
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise UsageError(f"run={run_dir} has no {CONFIG}; it was not written by dsnn train")
+    data_cfg = plain(OmegaConf.load(config_path).data)
+    if cfg.get("data_root"):
+        data_cfg["root"] = str(cfg["data_root"])
+    data = load_data(data_cfg, with_train=False)
+    if len(data.classes) != int(data_info["num_classes"]):
+        raise DsnnError(f"the test data has {len(data.classes)} classes, the model {data_info['num_classes']}")
+    n = cfg["attack"].get("n_examples")
+    idx = stratified_subset(data.test.labels, None if n is None else int(n), int(data_cfg.get("subset_seed", 0)))
+    split = data.test.subset(idx)
+    return split.images.float().div(255.0), split.labels
+
+
+def check_certificates(certified: torch.Tensor, robust: torch.Tensor, eps: float) -> None:
+    """A certified point broken by an attack means the bound is wrong: an error, not a warning."""
+    violated = certified & ~robust
+    if bool(violated.any()):
+        raise DsnnError(
+            f"{int(violated.sum())} certified points were broken at eps={eps}: the Lipschitz "
+            "bound does not hold for this model (please report this as a bug)"
+        )
+
+
+def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Keep earlier eps values when the earlier file used the same attack on the same points."""
+    previous = read_json(path)
+    same = previous and all(previous.get(k) == record[k] for k in ("settings", "n", "checkpoint"))
+    if not same:
+        return record
+    mine = {round(r["eps"], 12) for r in record["results"]}
+    kept = [r for r in previous.get("results", []) if round(r["eps"], 12) not in mine]
+    record["results"] = sorted(kept + record["results"], key=lambda r: r["eps"])
+    return record
+
+
+def mean(mask: torch.Tensor) -> float:
+    return float(mask.float().mean()) if mask.numel() else 0.0
+
+
+def plain(node) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    bound = record["lipschitz_bound"]
+    caption = ("no Lipschitz certificate: certified accuracy not available" if bound is None
+               else f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps")
+    table = Table(title=f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})", caption=caption)
+    for column in ("eps", "clean", "robust", "certified"):
+        table.add_column(column, justify="right")
+    for row in record["results"]:
+        cert = "-" if row["certified"] is None else f"{100 * row['certified']:.2f}%"
+        table.add_row(f"{row['eps']:.4g}", f"{100 * row['clean']:.2f}%", f"{100 * row['robust']:.2f}%", cert)
+    console.print(table)
