@@ -159,7 +159,11 @@ def pgd(
     generator = torch.Generator().manual_seed(int(seed))
     alpha = step_size_schedule(schedule, step_size * eps, steps)
     return run_batched(
-        model, images, labels, eps, batch_size,
+        model,
+        images,
+        labels,
+        eps,
+        batch_size,
         lambda x, y: pgd_batch(model, x, y, eps, steps, restarts, losses, alpha, generator, random_init),
     )
 
@@ -186,8 +190,12 @@ def run_batched(model, images, labels, eps, batch_size, attack_batch) -> AttackR
     """Attack the correctly classified points batch by batch; re-check what was found."""
     check_model(model)
     with torch.no_grad():
-        correct = torch.cat([model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]
-                             for i in range(0, len(labels), batch_size)])
+        correct = torch.cat(
+            [
+                model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]
+                for i in range(0, len(labels), batch_size)
+            ]
+        )
     adversarial = images.clone()
     broken = torch.zeros_like(correct)
     if eps > 0:
@@ -200,9 +208,11 @@ def run_batched(model, images, labels, eps, batch_size, attack_batch) -> AttackR
             broken[idx[found]] = True
             adversarial[idx[found]] = adv[found]
         if zero_grads:
-            warnings.warn(f"{zero_grads} points had a zero gradient at the start of an attack "
-                          "(saturated or masked gradients): robust accuracy may be overstated",
-                          stacklevel=2)
+            warnings.warn(
+                f"{zero_grads} points had a zero gradient at the start of an attack "
+                "(saturated or masked gradients): robust accuracy may be overstated",
+                stacklevel=2,
+            )
         broken &= confirm_broken(model, images, adversarial, labels, eps, broken, batch_size)
     return AttackResult(correct=correct, robust=correct & ~broken, adversarial=adversarial)
 
@@ -216,8 +226,12 @@ def confirm_broken(model, images, adversarial, labels, eps, broken, batch_size) 
     if bool((adversarial < 0).any() or (adversarial > 1).any()):
         raise DsnnError("attack left the [0,1] pixel box")
     with torch.no_grad():
-        still = torch.cat([model(adversarial[i : i + batch_size]).argmax(1) != labels[i : i + batch_size]
-                           for i in range(0, len(labels), batch_size)])
+        still = torch.cat(
+            [
+                model(adversarial[i : i + batch_size]).argmax(1) != labels[i : i + batch_size]
+                for i in range(0, len(labels), batch_size)
+            ]
+        )
     return still
 
 
@@ -245,7 +259,9 @@ def attack_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def build_attack(cfg: Mapping[str, Any]) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, float], AttackResult]:
+def build_attack(
+    cfg: Mapping[str, Any],
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, float], AttackResult]:
     """An attack function with its config bound: attack(model, images, labels, eps)."""
     fn, settings = ATTACKS[cfg["name"]], attack_settings(cfg)
     return lambda model, images, labels, eps: fn(model, images, labels, eps, **settings)

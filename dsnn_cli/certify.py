@@ -52,9 +52,7 @@ def certified_accuracy(margins: torch.Tensor, bound: float | None, eps_list) -> 
     """{eps: fraction certified} for every eps, or None without a bound."""
     if bound is None:
         return None
-    return {
-        format_eps(eps): float(certified_mask(margins, bound, eps).float().mean()) for eps in eps_list
-    }
+    return {format_eps(eps): float(certified_mask(margins, bound, eps).float().mean()) for eps in eps_list}
 
 
 def format_eps(eps: float) -> str:
@@ -94,7 +92,9 @@ def parse_eps(value) -> list[float]:
             else:
                 eps = float(item)
         except (TypeError, ValueError, ZeroDivisionError):
-            raise UsageError(f"eps={item!r} is not a number (use e.g. eps=0.3, eps=8/255 or eps=[0.1,0.3])") from None
+            raise UsageError(
+                f"eps={item!r} is not a number (use e.g. eps=0.3, eps=8/255 or eps=[0.1,0.3])"
+            ) from None
         if not math.isfinite(eps) or eps < 0:
             raise UsageError(f"eps={item} must be a finite number >= 0 (an l2 radius in [0,1] pixel units)")
         result.append(eps)

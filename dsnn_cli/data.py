@@ -227,7 +227,11 @@ def folder_split(folder: Path, classes: list[str]) -> LazySplit:
 
 def decode_images(paths: list[str]) -> torch.Tensor:
     """Decode image files to one uint8 (N, 3, H, W) tensor (JPEGs in batches: ~10x faster)."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     if not paths:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8)

@@ -8,6 +8,7 @@ other repeat replaces it. Either way the file is replaced atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -50,8 +51,14 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     bound = lipschitz_bound(model)
     with torch.no_grad():
         margins = logit_margins(model(images).float(), labels)
-    log.info("attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
-             attack_cfg["name"], len(labels), run_dir, eps_list, bound)
+    log.info(
+        "attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
+        attack_cfg["name"],
+        len(labels),
+        run_dir,
+        eps_list,
+        bound,
+    )
     results = []
     with progress_bar(cfg.get("progress")) as bar:
         task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
@@ -61,12 +68,14 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             if certified is not None:
                 certified = certified & outcome.correct
                 check_certificates(certified, outcome.robust, eps)
-            results.append({
-                "eps": eps,
-                "clean": mean(outcome.correct),
-                "robust": mean(outcome.robust),
-                "certified": None if certified is None else mean(certified),
-            })
+            results.append(
+                {
+                    "eps": eps,
+                    "clean": mean(outcome.correct),
+                    "robust": mean(outcome.robust),
+                    "certified": None if certified is None else mean(certified),
+                }
+            )
             bar.update(task, advance=1, status=f"eps {eps:.4g}: robust {results[-1]['robust']:.3f}")
     record = {
         "attack": attack_cfg["name"],
@@ -96,9 +105,13 @@ def attack_examples(run_dir: Path, cfg, data_info: Mapping[str, Any]) -> tuple[t
         data_cfg["root"] = str(cfg["data_root"])
     data = load_data(data_cfg, with_train=False)
     if len(data.classes) != int(data_info["num_classes"]):
-        raise DsnnError(f"the test data has {len(data.classes)} classes, the model {data_info['num_classes']}")
+        raise DsnnError(
+            f"the test data has {len(data.classes)} classes, the model {data_info['num_classes']}"
+        )
     n = cfg["attack"].get("n_examples")
-    idx = stratified_subset(data.test.labels, None if n is None else int(n), int(data_cfg.get("subset_seed", 0)))
+    idx = stratified_subset(
+        data.test.labels, None if n is None else int(n), int(data_cfg.get("subset_seed", 0))
+    )
     split = data.test.subset(idx)
     return split.images.float().div(255.0), split.labels
 
@@ -116,7 +129,8 @@ def check_certificates(certified: torch.Tensor, robust: torch.Tensor, eps: float
 def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Keep earlier eps values when the earlier file used the same attack on the same points."""
     previous = read_json(path)
-    same = previous and all(previous.get(k) == record[k] for k in ("settings", "n", "checkpoint"))
+    as_json = json.loads(json.dumps(record))  # tuples become lists, as on disk
+    same = previous and all(previous.get(k) == as_json[k] for k in ("settings", "n", "checkpoint"))
     if not same:
         return record
     mine = {round(r["eps"], 12) for r in record["results"]}
@@ -139,8 +153,11 @@ def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
     from rich.table import Table
 
     bound = record["lipschitz_bound"]
-    caption = ("no Lipschitz certificate: certified accuracy not available" if bound is None
-               else f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps")
+    caption = (
+        "no Lipschitz certificate: certified accuracy not available"
+        if bound is None
+        else f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps"
+    )
     table = Table(title=f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})", caption=caption)
     for column in ("eps", "clean", "robust", "certified"):
         table.add_column(column, justify="right")

@@ -251,14 +251,14 @@ def validate_lipschitz(cfg: Mapping[str, Any], activation: Activation) -> None:
         )
 
 
-FAMILIES.add("resnet", Family("resnet", False, ("euler", "heun", "rk4"), resnet_steps, no_constraint, "mean_std"))
+FAMILIES.add(
+    "resnet", Family("resnet", False, ("euler", "heun", "rk4"), resnet_steps, no_constraint, "mean_std")
+)
 FAMILIES.add(
     "nonexpansive",
     Family("nonexpansive", True, ("euler",), nonexpansive_steps, validate_nonexpansive, "mean"),
 )
-FAMILIES.add(
-    "lipschitz", Family("lipschitz", True, ("euler",), lipschitz_steps, validate_lipschitz, "mean")
-)
+FAMILIES.add("lipschitz", Family("lipschitz", True, ("euler",), lipschitz_steps, validate_lipschitz, "mean"))
 
 
 def check_model_config(cfg: Mapping[str, Any]) -> Family:

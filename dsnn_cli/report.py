@@ -37,7 +37,7 @@ def collect_runs(root: Path) -> list[RunRecord]:
         for attack_file in sorted(run_dir.glob("attack-*.json")):
             data = read_json(attack_file)
             if isinstance(data, dict) and "results" in data:
-                attacks[data.get("attack", attack_file.stem[len("attack-"):])] = data
+                attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
         records.append(RunRecord(run_dir, summary, attacks))
     return records
 
@@ -112,7 +112,10 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(format_cell(c, row.get(c)) for c in columns) + " |")
-    note = "\nAccuracies in %. robust[attack]@eps: empirical robust accuracy; certified@eps: margin > sqrt(2) L eps.\n"
+    note = (
+        "\nAccuracies in %. robust[attack]@eps: empirical robust accuracy; "
+        "certified@eps: margin > sqrt(2) L eps.\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -152,8 +155,11 @@ def print_table(root: Path, columns: list[str], rows: list[dict[str, Any]]) -> N
         console.width = max(console.width, 200)
     table = Table(title=f"dsnn report: {root} ({len(rows)} runs; accuracies in %)")
     for column in columns:
-        table.add_column(short_name(column), justify="left" if column in {"run", "model", "data", "status"} else "right",
-                         overflow="fold")
+        table.add_column(
+            short_name(column),
+            justify="left" if column in {"run", "model", "data", "status"} else "right",
+            overflow="fold",
+        )
     for row in rows:
         table.add_row(*(format_cell(c, row.get(c)) for c in columns))
     console.print(table)

@@ -65,7 +65,10 @@ def git_commit() -> str | None:
             return None
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, timeout=5,
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -97,8 +100,7 @@ class RunDir:
     def refuse_if_finished(self) -> None:
         if self.status() == "done":
             raise UsageError(
-                f"{self.path} already holds a finished run; choose a new hydra.run.dir "
-                "or leave it unset"
+                f"{self.path} already holds a finished run; choose a new hydra.run.dir or leave it unset"
             )
 
     def start(self, config_yaml: str, seed: int, extra: dict[str, Any]) -> None:

@@ -45,8 +45,15 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
         if run.status() != "done":
             run_train(cfg, output_dir)
         if cfg.attack.name != "none":
-            run_attack({"run": str(output_dir), "eps": cfg.sweep.eps, "attack": cfg.attack,
-                        "device": cfg.trainer.device, "progress": cfg.trainer.get("progress")})
+            run_attack(
+                {
+                    "run": str(output_dir),
+                    "eps": cfg.sweep.eps,
+                    "attack": cfg.attack,
+                    "device": cfg.trainer.device,
+                    "progress": cfg.trainer.get("progress"),
+                }
+            )
     except Exception as exc:  # noqa: BLE001 - one failed job must not stop the sweep
         message, _ = describe_error(exc)
         log.error("job %s failed: %s", output_dir, message)

@@ -48,8 +48,14 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     )
     log.info(
         "model=%s (%d parameters) data=%s: %d train / %d val / %d test images, device %s, run dir %s",
-        cfg.model.name, n_params, cfg.data.name, len(data.train), len(data.val or []),
-        len(data.test), device, run.path,
+        cfg.model.name,
+        n_params,
+        cfg.data.name,
+        len(data.train),
+        len(data.val or []),
+        len(data.test),
+        device,
+        run.path,
     )
     try:
         state = fit(model, data, cfg, run, device)
@@ -57,7 +63,9 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         payload = load_checkpoint(chosen)
         model.load_state_dict(payload["state_dict"])
         model.eval()
-        logits = predict(model, data.test.to(device), int(cfg.trainer.eval_batch_size), memory_format(cfg.trainer))
+        logits = predict(
+            model, data.test.to(device), int(cfg.trainer.eval_batch_size), memory_format(cfg.trainer)
+        )
         labels = data.test.labels
         margins = logit_margins(logits, labels)
         bound = lipschitz_bound(model)
@@ -77,8 +85,11 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
         run.update(**results)
     except BaseException as exc:
-        run.update(status="failed", error=one_line(f"{type(exc).__name__}: {exc}"),
-                   seconds=round(time.perf_counter() - started, 3))
+        run.update(
+            status="failed",
+            error=one_line(f"{type(exc).__name__}: {exc}"),
+            seconds=round(time.perf_counter() - started, 3),
+        )
         raise
     print_summary(run)
     return run.summary

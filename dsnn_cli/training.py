@@ -108,7 +108,9 @@ def fit(model: nn.Module, data: ImageData, cfg: Mapping[str, Any], run: RunDir, 
             started = time.perf_counter()
             model.train()
             stats = EpochStats()
-            for x, y in batches(train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit):
+            for x, y in batches(
+                train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit
+            ):
                 logits = model(x.contiguous(memory_format=fmt))
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -116,7 +118,11 @@ def fit(model: nn.Module, data: ImageData, cfg: Mapping[str, Any], run: RunDir, 
                 optimizer.step()
                 scheduler.step()
                 stats.add(loss.item(), logits.detach(), y)
-                bar.update(task, advance=1, status=f"epoch {epoch}/{epochs} loss {stats.loss:.4f} acc {stats.acc:.3f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    status=f"epoch {epoch}/{epochs} loss {stats.loss:.4f} acc {stats.acc:.3f}",
+                )
             model.calibrate()
             row = epoch_row(epoch, stats, optimizer, model, val_split, loss_fn, trainer, fmt)
             state["seconds"] += time.perf_counter() - started
@@ -125,8 +131,8 @@ def fit(model: nn.Module, data: ImageData, cfg: Mapping[str, Any], run: RunDir, 
             if improved:
                 state.update(best_val_acc=row.get("val_acc", -1.0), best_epoch=epoch)
             state["epoch"] = epoch
+            run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
             save_training_state(run, model, optimizer, scheduler, generator, state, cfg, best=improved)
-            run.append_metrics(row)
             run.update(epochs=epoch, val_acc=row.get("val_acc"), seconds=round(state["seconds"], 3))
             log.info(format_row(row))
     return state

@@ -1,0 +1,78 @@
+"""Shared fixtures: Hydra composition without the CLI, and one tiny trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny and fast: used by every test that trains.
+TINY = [
+    "data=synthetic",
+    "debug=smoke",
+    "data.image_size=16",
+    "data.n_train=400",
+    "data.n_test=200",
+    "data.val_size=50",
+    "model.widths=[4,8,8]",
+]
+
+
+def compose_config(config_name: str, overrides: list[str] | None = None):
+    """Compose a config as the CLI would (without running it)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `dsnn ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("DSNN_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dsnn_cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A `resnet` trained for two epochs on synthetic data (shared, read-only)."""
+    from dsnn_cli.train import run_train
+
+    out = tmp_path_factory.mktemp("run") / "resnet"
+    cfg = compose_config(
+        "train", [*TINY, "model=resnet", "trainer.max_epochs=3", "trainer.limit_batches=null"]
+    )
+    run_train(cfg, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_lipschitz_run(tmp_path_factory) -> Path:
+    from dsnn_cli.train import run_train
+
+    out = tmp_path_factory.mktemp("run") / "lipschitz"
+    cfg = compose_config(
+        "train", [*TINY, "model=lipschitz", "trainer.max_epochs=2", "trainer.limit_batches=null"]
+    )
+    run_train(cfg, out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,34 @@
+"""A short run on real CIFAR-10 images (the local ImageFolder copy named by DSNN_CIFAR10_ROOT)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+
+from dsnn_cli.train import run_train
+
+ROOT = os.environ.get("DSNN_CIFAR10_ROOT")
+
+
+@pytest.mark.skipif(not ROOT, reason="set DSNN_CIFAR10_ROOT to a CIFAR-10 ImageFolder copy (.ci/run does)")
+def test_resnet_learns_cifar10_from_2000_images(tmp_path):
+    assert (Path(ROOT) / "train").is_dir(), f"DSNN_CIFAR10_ROOT={ROOT} has no train/ folder"
+    cfg = compose_config(
+        "train",
+        [
+            "model=resnet",
+            "data=imagefolder",
+            f"data.root={ROOT}",
+            "data.limit_train=2000",
+            "data.val_size=500",
+            "data.limit_test=1000",
+            "trainer.max_epochs=3",
+            "trainer.device=cpu",
+        ],
+    )
+    summary = run_train(cfg, tmp_path / "run")
+    assert summary["status"] == "done" and summary["n_test"] == 1000
+    assert summary["test_acc"] >= 0.25, summary

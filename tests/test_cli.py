@@ -1,0 +1,104 @@
+"""Each subcommand as a user runs it: a subprocess, synthetic data, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY, run_cli
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dsnn: error: "), result.stderr
+    assert text in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_help_is_instant_and_does_not_import_torch():
+    code = "import sys; from dsnn_cli.cli import main; main(['--help']); assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "attack" in result.stdout and "sweep" in result.stdout
+
+
+def test_train_attack_report_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    train = run_cli("train", *TINY, "model=lipschitz", f"hydra.run.dir={run}")
+    assert train.returncode == 0, train.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["lipschitz_bound"] is not None
+    attack = run_cli("attack", f"run={run}", "eps=[0.1,8/255]", "debug=smoke")
+    assert attack.returncode == 0, attack.stderr
+    record = json.loads((run / "attack-pgd.json").read_text())
+    assert [round(r["eps"], 6) for r in record["results"]] == [0.1, round(8 / 255, 6)]
+    assert not (REPO / "outputs" / "attack").exists()
+    report = run_cli("report", f"dir={tmp_path}")
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert len(rows) == 1 and rows[0]["model"] == "lipschitz" and rows[0]["robust[pgd]@0.1"]
+    assert "| run |" in (tmp_path / "report.md").read_text()
+    # a finished run directory is not reused
+    again = run_cli("train", *TINY, f"hydra.run.dir={run}")
+    assert_one_line_error(again, 2, "already holds a finished run")
+
+
+def test_sweep_runs_every_job_reports_and_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("sweep", *TINY, "model=resnet,nonexpansive", f"hydra.sweep.dir={sweep}", "attack.n_examples=32")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert sorted(row["model"] for row in rows) == ["nonexpansive", "resnet"]
+    assert all(row["status"] == "done" and row["robust[pgd]@0.3"] for row in rows)
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/checkpoints/final.pt")}
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert "skipping" in second.stderr + second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in sweep.glob("*/checkpoints/final.pt")}
+
+
+def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "sweep", *TINY, "model=resnet", "optim.lr=0.003,-1", f"hydra.sweep.dir={sweep}", "sweep.attack=none"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["run"]: row for row in csv.DictReader((sweep / "report.csv").open())}
+    assert rows["0"]["status"] == "done" and rows["1"]["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (("train", "model=nope"), 2, "unknown model option 'nope' (valid: lipschitz, nonexpansive, resnet)"),
+        (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
+        (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
+        (("train", "data=imagefolder", "data.root=/no/such/dir"), 2, "no train/ folder"),
+        (("attack",), 2, "missing run=RUN_DIR"),
+        (("attack", "run=/no/such/run"), 2, "is not a directory"),
+        (("attack", f"run={REPO}", "eps=-0.1"), 2, "must be a finite number >= 0"),
+        (("attack", f"run={REPO}"), 2, "has no checkpoint"),
+        (("report", "dir=/no/such/dir"), 2, "is not a directory"),
+        (("frobnicate",), 2, "unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line(args, code, text):
+    assert_one_line_error(run_cli(*args), code, text)
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "final.pt").write_bytes(b"\x00garbage")
+    assert_one_line_error(run_cli("attack", f"run={tmp_path}"), 1, "corrupt or unreadable")
+
+
+def test_hydra_flags_pass_through():
+    cfg = run_cli("train", "model=resnet", "--cfg", "job")
+    assert cfg.returncode == 0 and "name: resnet" in cfg.stdout
+    helped = run_cli("train", "--help")
+    assert helped.returncode == 0 and "model: lipschitz, nonexpansive, resnet" in helped.stdout

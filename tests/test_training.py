@@ -1,0 +1,107 @@
+"""Training runs: summary contents, checkpoints, bit-for-bit resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY, compose_config
+
+import dsnn_cli
+from dsnn_cli.checkpoint import load_checkpoint
+from dsnn_cli.errors import DsnnError, UsageError
+from dsnn_cli.train import run_train
+
+
+def test_summary_and_artifacts(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["status"] == "done"
+    for key in ("test_acc", "val_acc"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["test_acc"] > 0.3  # synthetic prototypes are learnable in 3 epochs
+    assert summary["lipschitz_bound"] is None and summary["certified"] is None
+    assert summary["n_params"] > 0 and summary["epochs"] == 3 and summary["seconds"] > 0
+    assert summary["seed"] == 0 and "git_commit" in summary
+    assert set(summary["versions"]) == {"dsnn", "torch"}
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert (trained_run / "config.yaml").is_file()
+    payload = torch.load(trained_run / "checkpoints" / "final.pt", weights_only=True)
+    assert payload["model_config"]["name"] == "resnet" and "state_dict" in payload
+
+
+def test_load_model_contract(trained_run):
+    model = dsnn_cli.load_model(trained_run)
+    assert not model.training
+    p = next(model.parameters())
+    assert p.dtype == torch.float32 and p.device.type == "cpu"
+    logits = model(torch.rand(3, 3, 16, 16))
+    assert logits.shape == (3, 10)
+    assert dsnn_cli.lipschitz_bound(model) is None
+
+
+def test_certified_run_records_bound_and_certified(trained_lipschitz_run):
+    summary = json.loads((trained_lipschitz_run / "summary.json").read_text())
+    model = dsnn_cli.load_model(trained_lipschitz_run)
+    assert summary["lipschitz_bound"] == pytest.approx(dsnn_cli.lipschitz_bound(model), rel=1e-9)
+    certified = summary["certified"]
+    assert set(certified) >= {"0", "0.3"}
+    values = [certified[k] for k in sorted(certified, key=float)]
+    assert values == sorted(values, reverse=True)  # shrinks with eps
+    assert certified["0"] <= summary["test_acc"] + 1e-12
+
+
+def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
+    cfg = compose_config(
+        "train", [*TINY, "model=lipschitz", "trainer.limit_batches=3", "trainer.max_epochs=2"]
+    )
+    straight = tmp_path / "straight"
+    run_train(cfg, straight)
+
+    import dsnn_cli.training as training
+
+    real_save = training.save_training_state
+
+    def save_then_crash(run, model, optimizer, scheduler, generator, state, cfg, best):
+        real_save(run, model, optimizer, scheduler, generator, state, cfg, best)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # the run is killed right after its first checkpoint
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(training, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, resumed)
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(training, "save_training_state", real_save)
+    cfg.trainer.resume = True
+    run_train(cfg, resumed)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    ma = (straight / "metrics.jsonl").read_text().splitlines()
+    mb = (resumed / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def test_finished_run_dir_is_refused(trained_run):
+    with pytest.raises(UsageError, match="already holds a finished run"):
+        run_train(compose_config("train", TINY), trained_run)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DsnnError, match="corrupt or unreadable"):
+        load_checkpoint(bad)
+
+
+def test_failed_run_is_recorded(tmp_path):
+    cfg = compose_config("train", [*TINY, "optim.lr=-1"])
+    with pytest.raises(UsageError, match="optim.lr"):
+        run_train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "optim.lr" in summary["error"]
