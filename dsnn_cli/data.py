@@ -26,19 +26,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
 @dataclass
 class Split:
-    """Images as uint8 (N, C, H, W) and integer labels (N,)."""
+    """Inputs and targets: uint8 images (N, C, H, W) with class labels (N,), or float vectors."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.targets.shape[0])
 
     def subset(self, indices: torch.Tensor) -> Split:
-        return Split(self.images[indices], self.labels[indices])
+        return Split(self.inputs[indices], self.targets[indices])
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.inputs.to(device), self.targets.to(device))
 
 
 @dataclass
@@ -74,8 +74,10 @@ class ImageData:
 
     def info(self) -> dict[str, Any]:
         """The data facts a checkpoint stores to rebuild its model."""
-        images = self.test.images
+        images = self.test.inputs
         return {
+            "kind": "image",
+            "task": "classification",
             "in_channels": int(images.shape[1]),
             "image_size": [int(images.shape[2]), int(images.shape[3])],
             "num_classes": len(self.classes),
@@ -85,7 +87,35 @@ class ImageData:
         }
 
 
-DATASETS: Registry[Callable[[Mapping[str, Any], bool], Source]] = Registry("data")
+@dataclass
+class VectorSource:
+    """Regression pairs (float64) and the facts a model and the structure metrics need."""
+
+    train: Split
+    test: Split
+    info: dict[str, Any]
+
+
+@dataclass
+class VectorData:
+    """Train / validation / test pairs of a regression task (flow maps, functions)."""
+
+    train: Split | None
+    val: Split | None
+    test: Split
+    facts: dict[str, Any]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": "vector",
+            "task": "regression",
+            "dim_in": int(self.test.inputs.shape[1]),
+            "dim_out": int(self.test.targets.shape[1]),
+            **self.facts,
+        }
+
+
+DATASETS: Registry[Callable[[Mapping[str, Any], bool], Source | VectorSource]] = Registry("data")
 
 
 # ------------------------------------------------------------------------------ subsets
@@ -127,7 +157,7 @@ def complement(total: int, indices: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ loading
 
 
-def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData:
+def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:
     """Load the splits a command needs, with the configured subsets.
 
     Args:
@@ -135,6 +165,8 @@ def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData:
         with_train: False loads (and decodes) only the test split, as `dsnn attack` does.
     """
     source = DATASETS[cfg["name"]](cfg, with_train)
+    if isinstance(source, VectorSource):
+        return vector_data(source, cfg)
     seed = int(cfg.get("subset_seed", 0))
     test = source.test.take(stratified_subset(source.test.labels, cfg.get("limit_test"), seed))
     train = val = None
@@ -156,11 +188,34 @@ def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData:
     return ImageData(train, val, test, source.classes, mean, std)
 
 
+def vector_data(source: VectorSource, cfg: Mapping[str, Any]) -> VectorData:
+    """Random (nested, seeded) validation and limit subsets of regression pairs, as float32."""
+    seed = int(cfg.get("subset_seed", 0))
+    unlabeled = torch.zeros(len(source.train), dtype=torch.long)
+    val_size = int(cfg.get("val_size") or 0)
+    if val_size >= len(source.train):
+        raise UsageError(f"data.val_size={val_size} leaves no training pairs (there are {len(source.train)})")
+    val_idx = stratified_subset(unlabeled, val_size, seed) if val_size else torch.empty(0, dtype=torch.long)
+    rest = complement(len(source.train), val_idx)
+    train_idx = rest[stratified_subset(unlabeled[rest], cfg.get("limit_train"), seed + 1)]
+    test_idx = stratified_subset(torch.zeros(len(source.test), dtype=torch.long), cfg.get("limit_test"), seed)
+
+    def as_float(split: Split) -> Split:
+        return Split(split.inputs.float(), split.targets.float())
+
+    return VectorData(
+        as_float(source.train.subset(train_idx)),
+        as_float(source.train.subset(val_idx)) if val_size else None,
+        as_float(source.test.subset(test_idx)),
+        source.info,
+    )
+
+
 def channel_statistics(cfg: Mapping[str, Any], split: Split) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0,1] units: from the config, or measured on the split."""
     if cfg.get("mean") is not None and cfg.get("std") is not None:
         return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
-    pixels = split.images.double().div(255.0).transpose(0, 1).flatten(1)
+    pixels = split.inputs.double().div(255.0).transpose(0, 1).flatten(1)
     return pixels.mean(dim=1).tolist(), pixels.std(dim=1).clamp_min(1e-3).tolist()
 
 
@@ -291,6 +346,45 @@ def open_or_download(cls, root: Path, train: bool, cfg: Mapping[str, Any], prett
         socket.setdefaulttimeout(previous)
 
 
+def flow_map_data(system_name: str) -> Callable[[Mapping[str, Any], bool], VectorSource]:
+    """Pairs (y0, Phi^dt(y0)) of an ODE's exact flow (RK4 with tiny steps, float64)."""
+
+    def load(cfg: Mapping[str, Any], with_train: bool) -> VectorSource:
+        from dsnn_cli.odes import SYSTEMS, flow_map
+
+        system = SYSTEMS[system_name]
+        dt = float(cfg.get("dt", 0.1))
+        generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+
+        def pairs(n: int) -> Split:
+            y0 = system.sample(n, generator)
+            return Split(y0, flow_map(system, y0, dt))
+
+        train, test = pairs(int(cfg.get("n_train", 2000))), pairs(int(cfg.get("n_test", 500)))
+        info = {"system": system_name, "dt": dt, "rollout_steps": int(cfg.get("rollout_steps", 0))}
+        return VectorSource(train, test, info)
+
+    return load
+
+
+@DATASETS.register("function")
+def function_regression(cfg: Mapping[str, Any], with_train: bool) -> VectorSource:
+    """x uniform on [lo, hi], y = |x| + sin x + x^2: a non-smooth scalar regression."""
+    from dsnn_cli.odes import function_target
+
+    lo, hi = (float(v) for v in cfg.get("interval", [-2.0, 2.0]))
+    generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+
+    def pairs(n: int) -> Split:
+        x = lo + (hi - lo) * torch.rand(n, 1, generator=generator, dtype=torch.float64)
+        return Split(x, function_target(x))
+
+    train, test = pairs(int(cfg.get("n_train", 2000))), pairs(int(cfg.get("n_test", 500)))
+    return VectorSource(train, test, {"system": None, "dt": None, "rollout_steps": 0})
+
+
+for _system in ("sir", "skew", "abc", "cubic"):
+    DATASETS.add(_system, flow_map_data(_system))
 DATASETS.add("cifar10", torchvision_cifar("CIFAR10", "CIFAR-10"))
 DATASETS.add("cifar100", torchvision_cifar("CIFAR100", "CIFAR-100"))
 
@@ -307,7 +401,7 @@ def batches(
     generator: torch.Generator | None = None,
     limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (float images in [0,1], labels) on the split's device.
+    """Yield (float inputs, targets) on the split's device; uint8 images become [0, 1] floats.
 
     The shuffling and augmentation draws come from `generator` (on the CPU), so a run
     resumed from a checkpoint that saved the generator repeats them exactly.
@@ -318,11 +412,13 @@ def batches(
     for start in range(0, n, batch_size):
         if limit is not None and count >= limit:
             return
-        idx = order[start : start + batch_size].to(split.images.device)
-        images = split.images[idx]
-        if augment:
-            images = augment_batch(images, generator)
-        yield images.float().div_(255.0), split.labels[idx]
+        idx = order[start : start + batch_size].to(split.inputs.device)
+        inputs = split.inputs[idx]
+        if inputs.dtype == torch.uint8:  # images: augment as uint8, then scale to [0, 1]
+            if augment:
+                inputs = augment_batch(inputs, generator)
+            inputs = inputs.float().div_(255.0)
+        yield inputs, split.targets[idx]
         count += 1
 
 

@@ -110,10 +110,10 @@ def attack_examples(run_dir: Path, cfg, data_info: Mapping[str, Any]) -> tuple[t
         )
     n = cfg["attack"].get("n_examples")
     idx = stratified_subset(
-        data.test.labels, None if n is None else int(n), int(data_cfg.get("subset_seed", 0))
+        data.test.targets, None if n is None else int(n), int(data_cfg.get("subset_seed", 0))
     )
     split = data.test.subset(idx)
-    return split.images.float().div(255.0), split.labels
+    return split.inputs.float().div(255.0), split.targets
 
 
 def check_certificates(certified: torch.Tensor, robust: torch.Tensor, eps: float) -> None:

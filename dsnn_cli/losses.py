@@ -23,6 +23,12 @@ def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
 
 
+@LOSSES.register("mse")
+def mse() -> nn.Module:
+    """Mean squared error, for regression data (flow maps, functions)."""
+    return nn.MSELoss()
+
+
 def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
     return LOSSES[cfg["name"]](**kwargs)

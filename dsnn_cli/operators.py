@@ -126,11 +126,11 @@ class ConvOperator(ConstrainedNorm):
 class DenseOperator(ConstrainedNorm):
     """x -> W x + b on flat vectors (the classification head)."""
 
-    def __init__(self, in_features: int, out_features: int, constrained: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, constrained: bool = False, bias: bool = True):
         weight = torch.empty(out_features, in_features)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         super().__init__(weight, constrained, (1, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x @ weight.t()
@@ -142,7 +142,8 @@ class DenseOperator(ConstrainedNorm):
         return matrix_norm_bound(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_with(x, self.effective_weight()) + self.bias
+        y = self.apply_with(x, self.effective_weight())
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         out_f, in_f = self.weight.shape

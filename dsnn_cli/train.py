@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from dsnn_cli.certify import certified_accuracy, lipschitz_bound, logit_margins, parse_eps
 from dsnn_cli.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
 from dsnn_cli.cli import one_line
-from dsnn_cli.data import load_data
+from dsnn_cli.data import ImageData, VectorData, load_data
 from dsnn_cli.networks import build_model, check_model_config
 from dsnn_cli.progress import console
 from dsnn_cli.rundir import RunDir
+from dsnn_cli.structure import flow_map_metrics
 from dsnn_cli.training import fit, memory_format, predict, resolve_device
 
 log = logging.getLogger("dsnn.train")
@@ -47,7 +49,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
     )
     log.info(
-        "model=%s (%d parameters) data=%s: %d train / %d val / %d test images, device %s, run dir %s",
+        "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s, run dir %s",
         cfg.model.name,
         n_params,
         cfg.data.name,
@@ -63,22 +65,16 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         payload = load_checkpoint(chosen)
         model.load_state_dict(payload["state_dict"])
         model.eval()
-        logits = predict(
-            model, data.test.to(device), int(cfg.trainer.eval_batch_size), memory_format(cfg.trainer)
-        )
-        labels = data.test.labels
-        margins = logit_margins(logits, labels)
-        bound = lipschitz_bound(model)
         results = {
             "status": "done",
-            "test_acc": float((logits.argmax(1) == labels).float().mean()),
-            "val_acc": val_acc_of(run, payload.get("epoch")),
-            "lipschitz_bound": bound,
-            "certified": certified_accuracy(margins, bound, certify_eps),
+            **test_metrics(model, data, cfg, certify_eps, device),
+            "val_acc": metric_of(run, payload.get("epoch"), "val_acc"),
+            "val_loss": metric_of(run, payload.get("epoch"), "val_loss"),
             "n_params": n_params,
+            "certificate": model.certificate(),
             "epochs": state["epoch"],
             "selected_epoch": payload.get("epoch"),
-            "n_test": len(labels),
+            "n_test": len(data.test),
             "train_seconds": round(state["seconds"], 3),
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -95,23 +91,55 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     return run.summary
 
 
+def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:
+    """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
+    fmt = memory_format(cfg.trainer) if isinstance(data, ImageData) else torch.contiguous_format
+    outputs = predict(model, data.test.to(device), int(cfg.trainer.eval_batch_size), fmt)
+    targets = data.test.targets
+    bound = lipschitz_bound(model)
+    if isinstance(data, VectorData):
+        return {
+            "test_acc": None,
+            "test_mse": float(((outputs - targets) ** 2).mean()),
+            "lipschitz_bound": bound,
+            "certified": None,
+            **flow_map_metrics(model, data.info(), data.test),
+        }
+    margins = logit_margins(outputs, targets)
+    return {
+        "test_acc": float((outputs.argmax(1) == targets).float().mean()),
+        "lipschitz_bound": bound,
+        "certified": certified_accuracy(margins, bound, certify_eps),
+    }
+
+
 def choose_checkpoint(run: RunDir, select: str) -> Path:
     """`trainer.select=best` takes the best validation epoch, `last` the final epoch."""
     best = run.checkpoints / BEST
     return best if select == "best" and best.is_file() else run.checkpoints / LAST
 
 
-def val_acc_of(run: RunDir, epoch: int | None) -> float | None:
-    import json
-
+def metric_of(run: RunDir, epoch: int | None, key: str) -> float | None:
+    """A value from the metrics row of `epoch` (the selected checkpoint's)."""
     path = run.path / "metrics.jsonl"
     if not path.exists():
         return None
     for line in path.read_text().splitlines():
         row = json.loads(line)
         if row.get("epoch") == epoch:
-            return row.get("val_acc")
+            return row.get(key)
     return None
+
+
+REGRESSION_KEYS = (
+    "test_mse",
+    "val_loss",
+    "rollout_mse",
+    "invariant_drift",
+    "invariant_drift_exact_flow",
+    "det_jacobian_error",
+    "det_jacobian_error_mean",
+)
 
 
 def print_summary(run: RunDir) -> None:
@@ -120,8 +148,12 @@ def print_summary(run: RunDir) -> None:
     s = run.summary
     table = Table(title=f"dsnn train: {s.get('model')} on {s.get('data')}", show_header=False)
     table.add_row("run", str(run.path))
-    table.add_row("test accuracy", fmt(s.get("test_acc")))
-    table.add_row("val accuracy", fmt(s.get("val_acc")))
+    if s.get("test_mse") is None:
+        table.add_row("test accuracy", fmt(s.get("test_acc")))
+        table.add_row("val accuracy", fmt(s.get("val_acc")))
+    for key in REGRESSION_KEYS:
+        if s.get(key) is not None:
+            table.add_row(key.replace("_", " "), f"{s[key]:.4g}")
     bound = s.get("lipschitz_bound")
     table.add_row("Lipschitz bound", "none (no certificate)" if bound is None else f"{bound:.6g}")
     for eps, value in (s.get("certified") or {}).items():

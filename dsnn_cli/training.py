@@ -8,6 +8,7 @@ bit-for-bit resumption) and ``best.pt`` (best validation accuracy).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from dsnn_cli.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from dsnn_cli.data import ImageData, Split, batches
+from dsnn_cli.data import ImageData, Split, VectorData, batches
 from dsnn_cli.errors import UsageError
 from dsnn_cli.losses import build_loss
 from dsnn_cli.optim import build_optimizer, build_scheduler
@@ -54,18 +55,19 @@ def predict(model: nn.Module, split: Split, batch_size: int, fmt=torch.contiguou
 
 @dataclass
 class EpochStats:
+    """Running loss (and accuracy, for classification) over an epoch."""
+
+    classification: bool
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
-    batches: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
-    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        n = int(labels.shape[0])
+    def add(self, loss: float, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        n = int(targets.shape[0])
         self.loss_sum += loss * n
-        self.correct += int((logits.argmax(1) == labels).sum())
+        if self.classification:
+            self.correct += int((outputs.argmax(1) == targets).sum())
         self.seen += n
-        self.batches += 1
 
     @property
     def loss(self) -> float:
@@ -75,87 +77,124 @@ class EpochStats:
     def acc(self) -> float:
         return self.correct / max(self.seen, 1)
 
+    def describe(self) -> str:
+        return f"loss {self.loss:.4g}" + (f" acc {self.acc:.3f}" if self.classification else "")
+
+
+@dataclass
+class Task:
+    """Classification (logits, accuracy, higher is better) or regression (MSE, lower is better)."""
+
+    classification: bool
+    loss_fn: nn.Module = field(repr=False)
+
+    def evaluate(self, model: nn.Module, split: Split, batch_size: int, fmt) -> dict[str, float]:
+        outputs = predict(model, split, batch_size, fmt)
+        targets = split.targets.cpu()
+        row = {"val_loss": round(float(self.loss_fn(outputs, targets)), 8)}
+        if self.classification:
+            row["val_acc"] = round(float((outputs.argmax(1) == targets).float().mean()), 6)
+        return row
+
+    def score(self, row: Mapping[str, Any]) -> float:
+        """What checkpoint choice maximises."""
+        return row["val_acc"] if self.classification else -row["val_loss"]
+
+
+def make_task(cfg: Mapping[str, Any], data: ImageData | VectorData) -> Task:
+    regression = isinstance(data, VectorData)
+    loss = cfg["loss"]["name"]
+    if regression and loss != "mse":
+        raise UsageError(f"data={cfg['data']['name']} is a regression task: use loss=mse (got loss={loss})")
+    if not regression and loss == "mse":
+        raise UsageError(
+            f"data={cfg['data']['name']} is a classification task: use loss=hinge or cross_entropy"
+        )
+    return Task(not regression, build_loss(cfg["loss"]))
+
 
 def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
     full = -(-n // batch_size)
     return full if limit is None else min(full, int(limit))
 
 
-def fit(model: nn.Module, data: ImageData, cfg: Mapping[str, Any], run: RunDir, device: torch.device) -> dict:
+def fit(
+    model: nn.Module, data: ImageData | VectorData, cfg: Mapping[str, Any], run: RunDir, device: torch.device
+) -> dict:
     """Train `model` on `data.train` as configured; returns what the summary needs."""
     trainer = cfg["trainer"]
     epochs, batch_size = int(trainer["max_epochs"]), int(trainer["batch_size"])
     limit = trainer.get("limit_batches")
-    fmt = memory_format(trainer)
+    task = make_task(cfg, data)
+    fmt = memory_format(trainer) if task.classification else torch.contiguous_format
     assert data.train is not None
     train_split = data.train.to(device)
-    val_split = data.val.to(device) if data.val is not None else None
+    val_split = data.val.to(device) if data.val is not None and len(data.val) else None
     model.to(device=device, memory_format=fmt)
     optimizer = build_optimizer(cfg["optim"], model.parameters())
     steps = batches_per_epoch(len(train_split), batch_size, limit)
     scheduler = build_scheduler(cfg["scheduler"], optimizer, epochs, steps)
-    loss_fn = build_loss(cfg["loss"])
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
-    state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0, "seconds": 0.0}
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0}
     if trainer.get("resume") and (run.checkpoints / LAST).is_file():
         state = resume(run, model, optimizer, scheduler, generator)
         run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     augment = bool(cfg["data"].get("augment", False))
     with progress_bar(trainer.get("progress")) as bar:
-        task = bar.add_task("train", total=(epochs - state["epoch"]) * steps, status="")
+        progress = bar.add_task("train", total=(epochs - state["epoch"]) * steps, status="")
         for epoch in range(state["epoch"] + 1, epochs + 1):
             started = time.perf_counter()
             model.train()
-            stats = EpochStats()
+            stats = EpochStats(task.classification)
             for x, y in batches(
                 train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit
             ):
-                logits = model(x.contiguous(memory_format=fmt))
-                loss = loss_fn(logits, y)
+                outputs = model(x.contiguous(memory_format=fmt))
+                loss = task.loss_fn(outputs, y)
+                penalty = model.regularization()
+                total = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 optimizer.step()
                 scheduler.step()
-                stats.add(loss.item(), logits.detach(), y)
-                bar.update(
-                    task,
-                    advance=1,
-                    status=f"epoch {epoch}/{epochs} loss {stats.loss:.4f} acc {stats.acc:.3f}",
-                )
+                stats.add(loss.item(), outputs.detach(), y)
+                bar.update(progress, advance=1, status=f"epoch {epoch}/{epochs} {stats.describe()}")
             model.calibrate()
-            row = epoch_row(epoch, stats, optimizer, model, val_split, loss_fn, trainer, fmt)
+            row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
             state["seconds"] += time.perf_counter() - started
             row["seconds"] = round(state["seconds"], 3)
-            improved = row.get("val_acc", 0.0) > state["best_val_acc"] or val_split is None
+            improved = val_split is None or task.score(row) > state["best_score"]
             if improved:
-                state.update(best_val_acc=row.get("val_acc", -1.0), best_epoch=epoch)
+                state.update(
+                    best_score=task.score(row) if val_split is not None else -math.inf, best_epoch=epoch
+                )
             state["epoch"] = epoch
             run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
             save_training_state(run, model, optimizer, scheduler, generator, state, cfg, best=improved)
-            run.update(epochs=epoch, val_acc=row.get("val_acc"), seconds=round(state["seconds"], 3))
+            run.update(
+                epochs=epoch,
+                val_acc=row.get("val_acc"),
+                val_loss=row.get("val_loss"),
+                seconds=round(state["seconds"], 3),
+            )
             log.info(format_row(row))
     return state
 
 
-def epoch_row(epoch, stats, optimizer, model, val_split, loss_fn, trainer, fmt) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": round(stats.loss, 6),
-        "train_acc": round(stats.acc, 6),
-        "lr": optimizer.param_groups[0]["lr"],
-    }
-    if val_split is not None and len(val_split):
-        logits = predict(model, val_split, int(trainer.get("eval_batch_size", 500)), fmt)
-        labels = val_split.labels.cpu()
-        row["val_loss"] = round(float(loss_fn(logits, labels)), 6)
-        row["val_acc"] = round(float((logits.argmax(1) == labels).float().mean()), 6)
+def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fmt) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch, "train_loss": round(stats.loss, 8)}
+    if stats.classification:
+        row["train_acc"] = round(stats.acc, 6)
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    if val_split is not None:
+        row.update(task.evaluate(model, val_split, int(trainer.get("eval_batch_size", 500)), fmt))
     return row
 
 
 def format_row(row: Mapping[str, Any]) -> str:
     parts = [f"epoch {row['epoch']}"]
-    parts += [f"{k} {row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in row]
+    parts += [f"{k} {row[k]:.4g}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in row]
     parts.append(f"lr {row['lr']:.3g}")
     parts.append(f"{row['seconds']:.1f}s")
     return " | ".join(parts)

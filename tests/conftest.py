@@ -35,7 +35,7 @@ def compose_config(config_name: str, overrides: list[str] | None = None):
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `dsnn ARGS` in a subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV, **(env or {})}
     full_env.pop("DSNN_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "dsnn_cli", *args],
@@ -70,6 +70,12 @@ def trained_lipschitz_run(tmp_path_factory) -> Path:
     )
     run_train(cfg, out)
     return out
+
+
+# Tests use tiny tensors, where threads only add synchronisation (and on a loaded 2-core
+# machine, spin-waiting): one thread is both faster and steadier.
+torch.set_num_threads(1)
+SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)

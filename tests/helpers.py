@@ -22,7 +22,7 @@ def pair_search(f, x: torch.Tensor, steps: int = 60, lr: float = 0.05, seed: int
         num = (f(a) - f(b)).flatten(1).norm(dim=1)
         den = (a - b).flatten(1).norm(dim=1).clamp_min(1e-12)
         ratio = num / den
-        best = max(best, float(ratio.max()))
+        best = max(best, float(ratio.max().detach()))
         optimizer.zero_grad()
         (-torch.log(ratio.clamp_min(1e-30)).sum()).backward()
         optimizer.step()
@@ -31,5 +31,5 @@ def pair_search(f, x: torch.Tensor, steps: int = 60, lr: float = 0.05, seed: int
 
 def measured_lipschitz(f, x: torch.Tensor, iters: int = 60) -> float:
     """Largest Jacobian spectral norm (power iteration) and pair-search ratio at x."""
-    jac = float(jacobian_norm_lower_bound(f, x, iters=iters).max())
+    jac = float(jacobian_norm_lower_bound(f, x, iters=iters).max().detach())
     return max(jac, pair_search(f, x))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_config
 
 from dsnn_cli.train import run_train
@@ -29,6 +30,11 @@ def test_resnet_learns_cifar10_from_2000_images(tmp_path):
             "trainer.device=cpu",
         ],
     )
-    summary = run_train(cfg, tmp_path / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # real convolutions: use both cores
+    try:
+        summary = run_train(cfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
     assert summary["status"] == "done" and summary["n_test"] == 1000
     assert summary["test_acc"] >= 0.25, summary

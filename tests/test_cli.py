@@ -75,7 +75,7 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
 @pytest.mark.parametrize(
     "args,code,text",
     [
-        (("train", "model=nope"), 2, "unknown model option 'nope' (valid: lipschitz, nonexpansive, resnet)"),
+        (("train", "model=nope"), 2, "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, mass, naive"),
         (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
         (("train", "data=imagefolder", "data.root=/no/such/dir"), 2, "no train/ folder"),
@@ -101,4 +101,4 @@ def test_hydra_flags_pass_through():
     cfg = run_cli("train", "model=resnet", "--cfg", "job")
     assert cfg.returncode == 0 and "name: resnet" in cfg.stdout
     helped = run_cli("train", "--help")
-    assert helped.returncode == 0 and "model: lipschitz, nonexpansive, resnet" in helped.stdout
+    assert helped.returncode == 0 and "model: lipschitz, lipschitz_flexible, mass, naive" in helped.stdout

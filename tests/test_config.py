@@ -10,14 +10,25 @@ from conftest import TINY, compose_config
 from omegaconf import OmegaConf
 
 from dsnn_cli.attacks import ATTACKS, attack_settings
-from dsnn_cli.data import DATASETS
+from dsnn_cli.data import DATASETS, load_data
 from dsnn_cli.errors import UsageError
+from dsnn_cli.families import FAMILIES
+from dsnn_cli.integrators import INTEGRATORS
 from dsnn_cli.losses import build_loss
-from dsnn_cli.networks import FAMILIES, build_model
+from dsnn_cli.networks import build_model
 from dsnn_cli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-INFO = {"in_channels": 3, "image_size": 16, "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3}
+VECTOR_DATA = {"sir", "skew", "abc", "cubic", "function"}
+INFO = {
+    "kind": "image",
+    "in_channels": 3,
+    "image_size": 16,
+    "num_classes": 10,
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+}
+VECTOR_INFO = {"kind": "vector", "dim_in": 3, "dim_out": 3}
 
 
 def options(group: str) -> list[str]:
@@ -30,16 +41,19 @@ def test_groups_mirror_registries():
     assert set(options("optim")) == set(OPTIMIZERS.names())
     assert set(options("scheduler")) == set(SCHEDULES.names())
     assert set(options("attack")) - {"none"} == set(ATTACKS.names())
-    assert set(options("model/integrator")) == {"euler", "heun", "rk4"}
+    assert set(options("model/integrator")) == set(INTEGRATORS.names())
+    assert set(options("loss")) == {"hinge", "cross_entropy", "mse"}
 
 
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("integrator", options("model/integrator"))
 def test_every_model_with_every_integrator(model, integrator):
     cfg = compose_config("train", [*TINY, f"model={model}", f"model/integrator={integrator}"])
-    if integrator in FAMILIES[model].integrators:
-        net = build_model(cfg.model, INFO)
-        assert net(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+    family = FAMILIES[model]
+    if integrator in family.integrators:
+        if "image" in family.spaces:
+            assert build_model(cfg.model, INFO)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+        assert build_model(cfg.model, VECTOR_INFO)(torch.rand(5, 3)).shape == (5, 3)
     else:
         with pytest.raises(UsageError, match="does not admit"):
             build_model(cfg.model, INFO)
@@ -51,6 +65,10 @@ def test_every_data_option_composes(data):
     cfg = compose_config("train", overrides)
     assert cfg.data.name == data
     OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation resolves
+    if data in VECTOR_DATA:
+        loaded = load_data({**OmegaConf.to_container(cfg.data), "n_train": 40, "n_test": 10, "val_size": 5})
+        assert (len(loaded.train), len(loaded.val), len(loaded.test)) == (35, 5, 10)
+        assert loaded.info()["kind"] == "vector" and torch.isfinite(loaded.train.targets).all()
 
 
 @pytest.mark.parametrize("optim", options("optim"))
@@ -69,7 +87,8 @@ def test_every_optimizer_and_schedule(optim, scheduler):
 @pytest.mark.parametrize("loss", options("loss"))
 def test_every_loss(loss):
     cfg = compose_config("train", [*TINY, f"loss={loss}"])
-    value = build_loss(cfg.loss)(torch.randn(4, 10), torch.tensor([0, 1, 2, 3]))
+    targets = torch.randn(4, 10) if loss == "mse" else torch.tensor([0, 1, 2, 3])
+    value = build_loss(cfg.loss)(torch.randn(4, 10), targets)
     assert value.ndim == 0 and float(value) >= 0
 
 
@@ -82,8 +101,13 @@ def test_every_attack_option(attack):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_builds_at_tiny_size(experiment):
-    cfg = compose_config("train", [f"experiment={experiment}", *TINY])
-    build_model(cfg.model, INFO)
+    cfg = compose_config("train", [f"experiment={experiment}", "debug=smoke"])
+    if cfg.data.name in VECTOR_DATA:
+        data = load_data({**OmegaConf.to_container(cfg.data), "n_train": 20, "n_test": 10, "val_size": 5})
+        build_model(cfg.model, data.info())
+        assert cfg.loss.name == "mse"
+    else:
+        build_model(cfg.model, INFO)
 
 
 @pytest.mark.parametrize("name", ["train", "attack", "report", "sweep"])

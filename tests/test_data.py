@@ -37,7 +37,7 @@ def test_val_train_test_are_disjoint_and_sized():
     }
     data = load_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (120, 50, 40)
-    assert torch.bincount(data.val.labels).tolist() == [5] * 10
+    assert torch.bincount(data.val.targets).tolist() == [5] * 10
     info = data.info()
     assert info["image_size"] == [8, 8] and info["num_classes"] == 10 and len(info["mean"]) == 3
     with pytest.raises(UsageError, match="val_size"):
@@ -60,7 +60,7 @@ def test_batches_cover_the_split_once_in_float():
     seen = [y for _, y in batches(split, 10, shuffle=True, generator=torch.Generator().manual_seed(0))]
     x, _ = next(batches(split, 10))
     assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
-    assert sorted(torch.cat(seen).tolist()) == sorted(split.labels.tolist())
+    assert sorted(torch.cat(seen).tolist()) == sorted(split.targets.tolist())
     assert len(list(batches(split, 10, limit=2))) == 2
 
 
@@ -78,7 +78,7 @@ def test_imagefolder_reads_jpeg_and_png(tmp_path):
     data = load_data({"name": "imagefolder", "root": str(tmp_path), "val_size": 2, "limit_test": 4})
     assert data.classes == ["cat", "dog"]
     assert (len(data.train), len(data.val), len(data.test)) == (10, 2, 4)
-    assert data.test.images.shape[1:] == (3, 8, 8)
+    assert data.test.inputs.shape[1:] == (3, 8, 8)
 
 
 def test_missing_data_root_is_a_usage_error(tmp_path):

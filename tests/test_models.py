@@ -1,4 +1,4 @@
-"""Certificates of the model families: measured Lipschitz constants never exceed the bound."""
+"""Certificates of the model families: a measured Lipschitz constant never exceeds the bound."""
 
 from __future__ import annotations
 
@@ -12,20 +12,37 @@ from helpers import measured_lipschitz
 from dsnn_cli.activations import build_activation
 from dsnn_cli.certify import lipschitz_bound
 from dsnn_cli.errors import UsageError
+from dsnn_cli.families import FAMILIES
 from dsnn_cli.integrators import INTEGRATORS
-from dsnn_cli.networks import FAMILIES, build_model, largest_expansive_step
+from dsnn_cli.networks import build_model
 from dsnn_cli.operators import ConvOperator
-from dsnn_cli.steps import ExpansiveField, GradientField, Step
+from dsnn_cli.spaces import ImageSpace, VectorSpace
+from dsnn_cli.steps import ExpansiveField, GradientField, Step, largest_expansive_step
 
-INFO = {"in_channels": 3, "image_size": 8, "num_classes": 5, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25]}
+INFO = {
+    "kind": "image",
+    "in_channels": 3,
+    "image_size": 8,
+    "num_classes": 5,
+    "mean": [0.5, 0.4, 0.3],
+    "std": [0.2, 0.3, 0.25],
+}
+VECTOR_INFO = {"kind": "vector", "dim_in": 3, "dim_out": 2}
 LEAKY = build_activation({"name": "leaky_relu", "alpha": 0.5})
 REL = 1e-5
+CERTIFIED = [
+    ("nonexpansive", {}),
+    ("lipschitz", {"contractive": "orthogonal"}),
+    ("lipschitz", {"contractive": "spectral"}),
+    ("lipschitz_flexible", {}),
+]
 
 
 def model_cfg(name: str, **overrides) -> dict:
     cfg = {
         "name": name,
         "widths": [3, 4],
+        "width": None,
         "steps": 2,
         "substeps": 2,
         "kernel_size": 3,
@@ -35,9 +52,21 @@ def model_cfg(name: str, **overrides) -> dict:
         "h": 1.0,
         "h_contractive": 1.0,
         "h_expansive": None,
+        "contractive": "orthogonal",
+        "h_contractive_range": [0.5, 2.0],
+        "expansive_fraction": 0.9,
+        "ortho_penalty": 0.01,
     }
     cfg.update(overrides)
     return cfg
+
+
+def randomize_biases(model: torch.nn.Module, scale: float = 0.5) -> None:
+    """Move pre-activations across the kinks so both slopes of the activation are in play."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, scale)
 
 
 def dense_norm(op: ConvOperator) -> float:
@@ -70,44 +99,75 @@ def test_training_sigma_converges_to_operator_norm_from_below():
     assert float(op.sigma) == pytest.approx(exact, rel=0.3)
 
 
-@pytest.mark.parametrize("field_cls", [ExpansiveField, GradientField])
+@pytest.mark.parametrize("space", [ImageSpace((5, 5), 3), VectorSpace()], ids=["image", "vector"])
+@pytest.mark.parametrize("kind", ["expansive", "spectral", "orthogonal"])
 @pytest.mark.parametrize("tau", [0.3, 1.0, 1.9])
-def test_step_factor_bounds_measured_step(field_cls, tau):
+def test_step_factor_bounds_measured_step(space, kind, tau):
     torch.manual_seed(1)
-    field = field_cls(3, (5, 5), LEAKY, 3).double()
-    with torch.no_grad():
-        field.bias.normal_()
-    step = Step(field, INTEGRATORS["euler"], tau, 1).eval()
-    factor = step.lipschitz_factor()
-    x = torch.randn(8, 3, 5, 5, dtype=torch.float64)
-    assert measured_lipschitz(step, x) <= factor * (1 + REL)
+    field = ExpansiveField(space, 3, LEAKY) if kind == "expansive" else GradientField(space, 3, LEAKY, kind)
+    field = field.double()
+    randomize_biases(field)
+    step = Step(field, INTEGRATORS["euler"], tau, [1.0]).eval()
+    shape = (8, 3, 5, 5) if isinstance(space, ImageSpace) else (8, 3)
+    x = torch.randn(shape, dtype=torch.float64)
+    assert measured_lipschitz(step, x) <= step.lipschitz_factor() * (1 + REL)
 
 
 def test_expansive_factor_is_attained_by_identity_kernel():
-    field = ExpansiveField(2, (4, 4), LEAKY, 3).double()
+    field = ExpansiveField(ImageSpace((4, 4), 3), 2, LEAKY).double()
     with torch.no_grad():
         field.W.weight.zero_()
         field.W.weight[0, 0, 1, 1] = field.W.weight[1, 1, 1, 1] = 1.0
         field.bias.fill_(100.0)  # every pre-activation in the slope-1 region
     field.W.calibrate()
-    step = Step(field, INTEGRATORS["euler"], 0.4, 1).eval()
+    step = Step(field, INTEGRATORS["euler"], 0.4, [1.0]).eval()
     x = torch.rand(4, 2, 4, 4, dtype=torch.float64)
     assert measured_lipschitz(step, x) == pytest.approx(step.lipschitz_factor(), rel=1e-6)
 
 
-@pytest.mark.parametrize("family", ["nonexpansive", "lipschitz"])
-@pytest.mark.parametrize("normalize", ["mean", "mean_std"])
-def test_network_bound_dominates_measured_lipschitz(family, normalize):
-    torch.manual_seed(0)
-    model = build_model(model_cfg(family, normalize=normalize), INFO).double().eval()
+def test_orthogonal_contraction_factor_is_attained():
+    """With A^T A = I and all pre-activations on the slope-1/2 side, the step is (1 - tau/2) I."""
+    field = GradientField(VectorSpace(), 3, LEAKY, "orthogonal").double()
     with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "bias") and isinstance(module.bias, torch.nn.Parameter):
-                module.bias.normal_(0, 0.5)
+        field.bias.fill_(-100.0)
+    step = Step(field, INTEGRATORS["euler"], 0.5, [1.0]).eval()
+    # factor max(|1 - tau/2|, |1 - tau|) = 0.75 at tau = 0.5, attained on the slope-1/2 side
+    assert step.lipschitz_factor() == pytest.approx(0.75, abs=1e-12)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert measured_lipschitz(step, x) == pytest.approx(0.75, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "family,extra", CERTIFIED, ids=[f"{f}-{e.get('contractive', '')}" for f, e in CERTIFIED]
+)
+@pytest.mark.parametrize("normalize", ["mean", "mean_std"])
+def test_network_bound_dominates_measured_lipschitz(family, extra, normalize):
+    torch.manual_seed(0)
+    model = build_model(model_cfg(family, normalize=normalize, **extra), INFO).double().eval()
+    randomize_biases(model)
     bound = lipschitz_bound(model)
-    x = torch.rand(16, 3, 8, 8, dtype=torch.float64)
+    x = torch.rand(12, 3, 8, 8, dtype=torch.float64)
     measured = measured_lipschitz(model, x)
     assert 0 < measured <= bound * (1 + REL)
+    declared = model.certificate()["declared_bound"]
+    assert bound <= declared * (1 + 1e-5)
+
+
+@pytest.mark.parametrize(
+    "family,extra", CERTIFIED, ids=[f"{f}-{e.get('contractive', '')}" for f, e in CERTIFIED]
+)
+def test_vector_network_bound_dominates_measured_lipschitz(family, extra):
+    torch.manual_seed(0)
+    model = build_model(model_cfg(family, width=4, **extra), VECTOR_INFO).double().eval()
+    randomize_biases(model, 1.0)
+    x = torch.randn(32, 3, dtype=torch.float64)
+    assert measured_lipschitz(model, x) <= lipschitz_bound(model) * (1 + REL)
+
+
+def test_orthogonal_lipschitz_network_is_one_lipschitz_by_construction():
+    model = build_model(model_cfg("lipschitz", normalize="mean"), INFO).eval()
+    assert model.certificate()["declared_bound"] <= 1.0 + 1e-9
+    assert lipschitz_bound(model) <= 1.0 + 1e-5
 
 
 def test_bound_recomputes_norms_instead_of_trusting_sigma():
@@ -127,14 +187,31 @@ def test_normalisation_factor_enters_the_bound():
     plain = build_model(model_cfg("lipschitz", normalize="mean"), INFO)
     torch.manual_seed(3)
     scaled = build_model(model_cfg("lipschitz", normalize="mean_std"), INFO)
-    assert lipschitz_bound(scaled) == pytest.approx(
-        lipschitz_bound(plain) / min(INFO["std"]), rel=1e-6
-    )  # std is stored in float32
+    assert lipschitz_bound(scaled) == pytest.approx(lipschitz_bound(plain) / min(INFO["std"]), rel=1e-6)
 
 
-def test_resnet_has_no_certificate():
-    assert lipschitz_bound(build_model(model_cfg("resnet"), INFO)) is None
-    assert FAMILIES["resnet"].certified is False
+@pytest.mark.parametrize(
+    "family,extra",
+    [
+        ("resnet", {}),
+        ("naive", {}),
+        ("lipschitz", {"contractive": "penalty"}),
+        ("volume", {"integrator": {"name": "strang"}}),
+    ],
+)
+def test_uncertified_models_have_no_bound(family, extra):
+    model = build_model(model_cfg(family, **extra), INFO)
+    assert lipschitz_bound(model) is None
+    assert model.certificate()["certified"] is False
+
+
+def test_soft_penalties_enter_the_loss():
+    naive = build_model(model_cfg("naive"), INFO)
+    penalty = naive.regularization()
+    assert penalty is not None and float(penalty) > 0
+    penalty.backward()
+    assert naive.blocks[0].steps[0].field.A.weight.grad is not None
+    assert build_model(model_cfg("lipschitz"), INFO).regularization() is None
 
 
 def test_nonexpansive_layers_have_factor_one():
@@ -145,28 +222,57 @@ def test_nonexpansive_layers_have_factor_one():
 
 
 def test_step_size_rule():
-    cfg = model_cfg("lipschitz", h_contractive=1.0, substeps=2)
     # tau_C = 0.5, slopes [1/2, 1]: c = max(|1 - 1/4|, |1 - 1/2|) = 3/4, tau_E = 1/3, h_E = 2/3
-    assert largest_expansive_step(cfg, LEAKY) == pytest.approx(2 / 3)
+    assert largest_expansive_step(1.0, [0.5, 0.5], LEAKY) == pytest.approx(2 / 3)
+    # the best contraction, tau_C = 4/3: c = 1/3 and tau_E = 2
+    assert largest_expansive_step(4 / 3, [1.0], LEAKY) == pytest.approx(2.0)
     with pytest.raises(UsageError, match=r"largest admissible h_expansive is 0\.666667"):
-        build_model({**cfg, "h_expansive": 0.7}, INFO)
-    build_model({**cfg, "h_expansive": 0.6}, INFO)
-    relu = {**cfg, "activation": {"name": "relu"}}
-    assert largest_expansive_step(relu, build_activation("relu")) == 0.0
+        build_model(model_cfg("lipschitz", h_expansive=0.7), INFO)
+    build_model(model_cfg("lipschitz", h_expansive=0.6), INFO)
+    relu = build_activation("relu")
+    assert largest_expansive_step(1.0, [0.5, 0.5], relu) == 0.0
     with pytest.raises(UsageError, match="largest admissible h_expansive is 0"):
-        build_model({**relu, "h_expansive": 0.1}, INFO)
+        build_model(model_cfg("lipschitz", activation={"name": "relu"}, h_expansive=0.1), INFO)
     with pytest.raises(UsageError, match=r"model.h=2.5"):
-        build_model(model_cfg("nonexpansive", h=2.5), INFO)
+        build_model(model_cfg("nonexpansive", h=2.5, substeps=1), INFO)
+    with pytest.raises(UsageError, match="sum to 1"):
+        build_model(model_cfg("lipschitz", substep_fractions=[0.5, 0.6]), INFO)
 
 
-def test_family_refuses_integrators_it_does_not_admit():
+def test_flexible_step_sizes_stay_certified_after_training_moves_them():
+    model = build_model(model_cfg("lipschitz_flexible"), INFO).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("theta", "phi")):
+                p.normal_(0, 3.0)  # anywhere an optimiser might take them
+    model.eval()
+    for block in model.blocks:
+        expansive, contractive = block.steps[0], block.steps[1]
+        h_c = float(contractive.step_size.value())
+        assert 0.5 <= h_c <= 2.0
+        assert float(expansive.step_size.value()) <= largest_expansive_step(h_c, [0.5, 0.5], LEAKY) + 1e-12
+    assert lipschitz_bound(model) <= 1.0 + 1e-5
+    x = torch.rand(8, 3, 8, 8, dtype=torch.float64)
+    assert measured_lipschitz(model, x) <= lipschitz_bound(model) * (1 + REL)
+
+
+def test_families_refuse_integrators_they_do_not_admit():
     with pytest.raises(UsageError, match="does not admit model/integrator=rk4"):
         build_model(model_cfg("lipschitz", integrator={"name": "rk4"}), INFO)
+    with pytest.raises(UsageError, match="does not admit model/integrator=euler"):
+        build_model(model_cfg("volume"), INFO)
     build_model(model_cfg("resnet", integrator={"name": "rk4"}), INFO)
 
 
+def test_low_dimensional_families_refuse_images():
+    with pytest.raises(UsageError, match="works on vector data"):
+        build_model(model_cfg("mass"), INFO)
+    with pytest.raises(UsageError, match="state must be the data"):
+        build_model(model_cfg("mass", width=5), {"kind": "vector", "dim_in": 3, "dim_out": 3})
+
+
 @pytest.mark.parametrize("name", ["euler", "heun", "rk4"])
-def test_integrator_order(name):
+def test_runge_kutta_order(name):
     """x' = x^2, x(0) = 1/2 has x(1) = 1; the error ratio at h and h/2 gives the order."""
     integrator = INTEGRATORS[name]
 
@@ -184,7 +290,22 @@ def test_gradient_step_adjoint_is_exact():
     op = ConvOperator(3, 3, (5, 5), constrained=True).double()
     x, y = torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
     w = op.effective_weight()
-    lhs = (op.apply_with(x, w) * y).sum()
-    rhs = (x * op.adjoint_with(y, w)).sum()
-    assert float(lhs) == pytest.approx(float(rhs), rel=1e-12)
+    assert float((op.apply_with(x, w) * y).sum()) == pytest.approx(
+        float((x * op.adjoint_with(y, w)).sum()), rel=1e-12
+    )
     assert torch.allclose(op.adjoint_with(y, w), F.conv_transpose2d(y, w, padding=1))
+
+
+def test_every_family_is_registered_with_its_facts():
+    assert set(FAMILIES.names()) == {
+        "resnet",
+        "naive",
+        "nonexpansive",
+        "lipschitz",
+        "lipschitz_flexible",
+        "volume",
+        "mass",
+        "splitting",
+    }
+    assert FAMILIES["mass"].spaces == ("vector",) and FAMILIES["splitting"].spaces == ("vector",)
+    assert set(FAMILIES["volume"].integrators) == {"strang", "lie_trotter"}

@@ -105,3 +105,39 @@ def test_failed_run_is_recorded(tmp_path):
         run_train(cfg, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "optim.lr" in summary["error"]
+
+
+IMAGE_FAMILIES = ["resnet", "naive", "nonexpansive", "lipschitz", "lipschitz_flexible", "volume"]
+
+
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_every_image_family_trains_in_the_smoke_preset(family, tmp_path):
+    summary = run_train(compose_config("train", [*TINY, f"model={family}"]), tmp_path / "run")
+    assert summary["status"] == "done" and 0.0 <= summary["test_acc"] <= 1.0
+    certificate = summary["certificate"]
+    if certificate["certified"]:
+        assert summary["lipschitz_bound"] <= certificate["declared_bound"] * (1 + 1e-5)
+    else:
+        assert summary["lipschitz_bound"] is None and summary["certified"] is None
+
+
+STRUCTURE_PRESETS = ["mass_sir", "mass_skew", "volume_abc", "splitting_function", "splitting_cubic"]
+
+
+@pytest.mark.parametrize("experiment", STRUCTURE_PRESETS)
+def test_structure_presets_train(experiment, tmp_path):
+    overrides = [
+        f"experiment={experiment}",
+        "debug=smoke",
+        "data.n_train=200",
+        "data.n_test=50",
+        "data.val_size=20",
+        "trainer.max_epochs=2",
+    ]
+    summary = run_train(compose_config("train", overrides), tmp_path / "run")
+    assert summary["status"] == "done" and summary["test_acc"] is None
+    assert 0 <= summary["test_mse"] < 10
+    if experiment.startswith("mass"):
+        assert summary["invariant_drift"] < 1e-10 and summary["rollout_points"] > 0
+    if experiment == "volume_abc":
+        assert summary["det_jacobian_error"] < 1e-10

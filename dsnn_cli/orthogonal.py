@@ -1,0 +1,208 @@
+"""Exactly orthogonal linear operators (Cayley transforms) and a soft orthogonality penalty.
+
+The contractive step x - tau A^T s(Ax + b) is non-expansive for every tau <= 2 / M when
+A^T A = I, and its Lipschitz factor is then governed by the interval [m, M] of slopes alone.
+A normalised operator (||A|| <= 1) only gives sigma_min(A) >= 0; an orthogonal one pins every
+singular value at 1.
+
+The Cayley transform maps a skew-symmetric S to the orthogonal (I + S)^{-1}(I - S). For a
+circular convolution on the n1 x n2 torus, the 2-D DFT block-diagonalises the operator into
+c x c matrices K^(w), one per frequency w; V(w) = K^(w) - K^(w)^H is the symbol of the skew
+operator C - C^T, and the per-frequency Cayley transforms A(w) are unitary, so the operator
+they define is orthogonal on real images (Trockman & Kolter 2021). Because the kernel is
+real, A(-w) = conj(A(w)) and only the rfft2 half of the spectrum is needed. On the columns
+rfft2 keeps in full (0, and n2 / 2 for even n2) irfft2 reads the product as Hermitian, i.e.
+applies (A(w) + conj(A(-w))) / 2; the solve returns exactly conjugate matrices for conjugate
+inputs on the CPU, and any asymmetry elsewhere is rounding-level, below the FFTs' own.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsnn_cli.norms import FLOAT64_SLACK
+
+INIT_SCALE = 0.1
+
+
+def _cayley(skew: torch.Tensor) -> torch.Tensor:
+    """(I + S)^{-1}(I - S) over the leading batch dimensions; I + S is invertible for skew S."""
+    eye = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
+    return torch.linalg.solve(eye + skew, eye - skew)
+
+
+def _singular_values(matrices: torch.Tensor) -> tuple[float, float]:
+    """Smallest and largest singular value over a batch of matrices, computed in float64."""
+    wide = torch.complex128 if matrices.is_complex() else torch.float64
+    values = torch.linalg.svdvals(matrices.detach().to(device="cpu", dtype=wide))
+    return float(values.min()), float(values.max())
+
+
+class _CachedCayley(nn.Module, ABC):
+    """Shared machinery: a fresh, differentiable transform in training, a cached one in eval.
+
+    In eval mode the transform is computed without autograd and reused until the weight is
+    modified in place (its `_version` changes) or replaced, so attacks that run many forwards
+    do not re-solve; gradients with respect to the weight are therefore only tracked in
+    training mode.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    @abstractmethod
+    def transform(self, weight: torch.Tensor) -> torch.Tensor:
+        """The orthogonal matrices (or per-frequency unitary matrices) built from `weight`."""
+
+    @abstractmethod
+    def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A x, with `weight` the output of `effective_weight()`."""
+
+    @abstractmethod
+    def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A^T y, with `weight` the output of `effective_weight()`."""
+
+    def effective_weight(self) -> torch.Tensor:
+        """The orthogonal transform of the current weight (compute once per network forward)."""
+        if self.training:
+            return self.transform(self.weight)
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled())
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.transform(w.detach()))
+        return self._cache[1]
+
+    def calibrate(self) -> None:
+        """No-op: the transform is orthogonal by construction, there is no sigma to refresh."""
+
+    def singular_value_range(self) -> tuple[float, float]:
+        """(smin, smax) of the matrices applied in eval mode, in float64: both 1 up to rounding.
+
+        A certificate for x - tau A^T s(Ax + b) uses them as the spectrum bounds
+        [m * smin^2, M * smax^2] of A^T D A.
+        """
+        with torch.no_grad():
+            return _singular_values(self.transform(self.weight.detach()))
+
+    def norm_bound(self) -> float:
+        """Upper bound on ||A||: smax enlarged by the float64 SVD's relative slack."""
+        return self.singular_value_range()[1] * (1.0 + FLOAT64_SLACK)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_with(x, self.effective_weight())
+
+
+class CayleyConvOperator(_CachedCayley):
+    """Orthogonal multi-channel circular convolution on images of a fixed size n1 x n2.
+
+    The weight is an ordinary (c, c, k, k) kernel, read as a circular cross-correlation
+    centred on tap (k // 2, k // 2) like `F.conv2d`; the operator applied is its Cayley
+    transform, which is again a circular convolution (with a kernel of full support). Only the
+    skew part C - C^T enters, so the kernel's symmetric part (w[o, i, a, b] + w[i, o, -a, -b])
+    has zero gradient: about half of the c^2 k^2 parameters are inert.
+    """
+
+    def __init__(self, channels: int, input_size: tuple[int, int], kernel_size: int = 3) -> None:
+        n1, n2 = (int(n) for n in input_size)
+        if min(n1, n2) < 1 or kernel_size < 1:
+            raise ValueError(f"input_size and kernel_size must be positive, got {input_size}, {kernel_size}")
+        if kernel_size > min(n1, n2):
+            raise ValueError(
+                f"kernel_size {kernel_size} does not fit the {n1}x{n2} torus "
+                f"(need kernel_size <= {min(n1, n2)})"
+            )
+        weight = torch.empty(channels, channels, kernel_size, kernel_size)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        super().__init__(weight * INIT_SCALE)
+        self.input_size = (n1, n2)
+
+    def symbol(self, weight: torch.Tensor) -> torch.Tensor:
+        """K^(w) on the rfft2 half spectrum, shape (n1, n2 // 2 + 1, c, c), of the cross-correlation.
+
+        Placing tap (i, j) at offset (i - k//2, j - k//2) and conjugating turns the DFT of the
+        kernel (a convolution) into the symbol of `F.conv2d`'s cross-correlation.
+        """
+        n1, n2 = self.input_size
+        k = weight.shape[-1]
+        padded = F.pad(weight, (0, n2 - k, 0, n1 - k))
+        padded = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+        return torch.fft.rfft2(padded).conj().permute(2, 3, 0, 1)
+
+    def transform(self, weight: torch.Tensor) -> torch.Tensor:
+        """Per-frequency unitary matrices A(w) = (I + V)^{-1}(I - V), V = K^ - K^^H."""
+        k_hat = self.symbol(weight)
+        return _cayley(k_hat - k_hat.mH)
+
+    def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A x for x of shape (B, c, n1, n2), with `weight` the matrices from `effective_weight()`."""
+        y = torch.einsum("uvoi,biuv->bouv", weight, torch.fft.rfft2(x))
+        return torch.fft.irfft2(y, s=self.input_size)
+
+    def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A^T y: the same diagonalisation with A(w)^H."""
+        x = torch.einsum("uvio,biuv->bouv", weight.conj(), torch.fft.rfft2(y))
+        return torch.fft.irfft2(x, s=self.input_size)
+
+    def extra_repr(self) -> str:
+        c, _, k, _ = self.weight.shape
+        return f"{c}->{c}, kernel={k}, input={self.input_size}, cayley"
+
+
+class CayleyDenseOperator(_CachedCayley):
+    """Orthogonal dim x dim matrix Q = (I + S)^{-1}(I - S), S = W - W^T, on flat vectors.
+
+    Q has no eigenvalue -1, so this reaches the rotations without that eigenvalue, not all of O(dim).
+    """
+
+    def __init__(self, dim: int) -> None:
+        weight = torch.empty(dim, dim)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        super().__init__(weight * INIT_SCALE)
+
+    def transform(self, weight: torch.Tensor) -> torch.Tensor:
+        """Q, orthogonal up to the rounding of one linear solve."""
+        return _cayley(weight - weight.mT)
+
+    def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight.mT
+
+    def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return y @ weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}->{self.weight.shape[0]}, cayley"
+
+
+def orthogonality_penalty(weight: torch.Tensor) -> torch.Tensor:
+    """Differentiable soft penalty, zero exactly when the weight is orthogonal.
+
+    For a zero-padded convolution kernel (c_out, c_in, k1, k2) this is the "orthogonal CNN"
+    row condition: the kernel correlated with itself (the c_out filters read as c_out images
+    of c_in channels, padding k - 1) must be the identity at the centre tap and zero at every
+    other shift. For a dense matrix (dim, dim) it is ||W^T W - I||_F^2.
+
+    Args:
+        weight: a 4-D convolution kernel or a 2-D matrix.
+
+    Returns:
+        The squared Frobenius norm of the deviation from orthogonality (a scalar tensor).
+    """
+    if weight.dim() == 2:
+        gram = weight.mT @ weight
+        target = torch.eye(gram.shape[0], dtype=weight.dtype, device=weight.device)
+    elif weight.dim() == 4:
+        k1, k2 = weight.shape[-2:]
+        gram = F.conv2d(weight, weight, padding=(k1 - 1, k2 - 1))
+        target = torch.zeros_like(gram)
+        target[:, :, k1 - 1, k2 - 1] = torch.eye(gram.shape[0], dtype=weight.dtype, device=weight.device)
+    else:
+        raise ValueError(f"expected a 2-D matrix or a 4-D kernel, got shape {tuple(weight.shape)}")
+    return (gram - target).pow(2).sum()

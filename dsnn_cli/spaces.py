@@ -1,0 +1,54 @@
+"""State spaces of the dynamic layers: images (convolutions) or flat vectors (dense maps).
+
+A vector field is written once against a space, which supplies its linear operators and
+biases, so each family works on CIFAR feature maps and on low-dimensional ODE states alike.
+Channels (images) and coordinates (vectors) both live on dimension 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dsnn_cli.operators import ConvOperator, DenseOperator
+
+
+class ImageSpace:
+    """Feature maps (B, C, H, W) of a fixed spatial size: zero-padded 'same' convolutions."""
+
+    kind = "image"
+
+    def __init__(self, size: tuple[int, int], kernel_size: int) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.kernel_size = int(kernel_size)
+
+    def operator(self, c_in: int, c_out: int, constrained: bool = False) -> ConvOperator:
+        return ConvOperator(c_in, c_out, self.size, self.kernel_size, constrained)
+
+    def orthogonal(self, channels: int) -> nn.Module:
+        from dsnn_cli.orthogonal import CayleyConvOperator
+
+        return CayleyConvOperator(channels, self.size, self.kernel_size)
+
+    def bias(self, channels: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+
+class VectorSpace:
+    """Flat states (B, D): dense matrices."""
+
+    kind = "vector"
+
+    def operator(self, c_in: int, c_out: int, constrained: bool = False) -> DenseOperator:
+        return DenseOperator(c_in, c_out, constrained, bias=False)
+
+    def orthogonal(self, channels: int) -> nn.Module:
+        from dsnn_cli.orthogonal import CayleyDenseOperator
+
+        return CayleyDenseOperator(channels)
+
+    def bias(self, channels: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(1, channels))
+
+
+Space = ImageSpace | VectorSpace
