@@ -7,6 +7,8 @@ Lipschitz factors in `dsnn_cli.steps` rely on.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -71,14 +73,19 @@ def softplus() -> Activation:
 
 
 def build_activation(cfg) -> Activation:
-    """Build from a config node ``{name: ..., **kwargs}`` or a bare name."""
+    """Build from a config node ``{name: ..., **kwargs}`` or a bare name.
+
+    Keys set to null are ignored; keys the activation does not take are ignored with a
+    warning (a preset shared by several models may set ``alpha`` for leaky_relu only).
+    """
     if isinstance(cfg, str):
         name, kwargs = cfg, {}
     else:
-        kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
         name = cfg["name"]
+        kwargs = {k: v for k, v in dict(cfg).items() if k != "name" and v is not None}
     factory = ACTIVATIONS[name]
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:
-        raise UsageError(f"model.activation: {name} does not take {sorted(kwargs)} ({exc})") from None
+    accepted = set(inspect.signature(factory).parameters)
+    unused = sorted(set(kwargs) - accepted)
+    if unused:
+        warnings.warn(f"model.activation: {name} ignores {', '.join(unused)}", stacklevel=2)
+    return factory(**{k: v for k, v in kwargs.items() if k in accepted})

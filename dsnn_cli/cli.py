@@ -18,7 +18,8 @@ from pathlib import Path
 
 SUBCOMMANDS = {
     "train": "train a model: dsnn train model=lipschitz data=cifar10 trainer.max_epochs=5",
-    "attack": "attack a trained run: dsnn attack run=RUN_DIR eps=0.3",
+    "attack": "attack a trained run: dsnn attack run=RUN_DIR eps=0.3 attack=autoattack",
+    "certify": "certified accuracy of a run on its full test set: dsnn certify run=RUN_DIR",
     "report": "tabulate every run under a directory: dsnn report dir=outputs",
     "sweep": "Hydra multirun of train + attack: dsnn sweep model=resnet,lipschitz",
 }
@@ -101,7 +102,7 @@ def attack_argv(overrides: list[str]) -> list[str]:
 
     runs = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "run"]
     if not runs and not is_help(overrides):
-        raise UsageError("missing run=RUN_DIR: the run directory to attack (see dsnn report)")
+        raise UsageError("missing run=RUN_DIR: the run directory of a dsnn train run (see dsnn report)")
     for value in runs:
         if not Path(value).expanduser().is_dir():
             raise UsageError(f"run={value} is not a directory; give a run directory written by dsnn train")
@@ -112,7 +113,7 @@ def is_help(overrides: list[str]) -> bool:
     return bool({"-h", "--help", "--hydra-help", "--info", "-c", "--cfg", "-i"} & set(overrides))
 
 
-COMMAND_ARGV_REWRITES = {"sweep": sweep_argv, "attack": attack_argv}
+COMMAND_ARGV_REWRITES = {"sweep": sweep_argv, "attack": attack_argv, "certify": attack_argv}
 
 
 def refuse_finished_run_dir(overrides: list[str]) -> None:

@@ -42,6 +42,10 @@ def collect_runs(root: Path) -> list[RunRecord]:
     return records
 
 
+# Regression runs (flow maps, functions): error and the structure the model keeps.
+STRUCTURE_COLUMNS = ["test_mse", "rollout_mse", "invariant_drift", "det_jacobian_error"]
+
+
 def eps_key(eps: float) -> str:
     return f"{eps:.4g}"
 
@@ -73,9 +77,11 @@ def build_table(records: list[RunRecord], root: Path) -> tuple[list[str], list[d
                     column = f"certified@{eps_key(result['eps'])}"
                     row[column] = result["certified"]
                     add_column(certified_columns, column)
+        row.update({key: s.get(key) for key in STRUCTURE_COLUMNS})
         row["seconds"] = s.get("seconds")
         rows.append(row)
     columns = base + sorted(attack_columns, key=column_order) + sorted(certified_columns, key=column_order)
+    columns += [key for key in STRUCTURE_COLUMNS if any(row.get(key) is not None for row in rows)]
     return columns + ["seconds"], rows
 
 
@@ -134,7 +140,16 @@ def run_report(root: Path | str) -> tuple[list[str], list[dict[str, Any]]]:
     return columns, rows
 
 
-SHORT_NAMES = {"val_acc": "val", "test_acc": "test", "lipschitz_bound": "L", "seconds": "s", "epochs": "ep"}
+SHORT_NAMES = {
+    "val_acc": "val",
+    "test_acc": "test",
+    "lipschitz_bound": "L",
+    "seconds": "s",
+    "epochs": "ep",
+    "invariant_drift": "drift",
+    "det_jacobian_error": "|detJ-1|",
+    "rollout_mse": "rollout mse",
+}
 
 
 def short_name(column: str) -> str:

@@ -47,29 +47,26 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     )
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """A `resnet` trained for two epochs on synthetic data (shared, read-only)."""
+def train_tiny(tmp_path_factory, model: str, epochs: int) -> Path:
+    """Train `model` on tiny synthetic data for whole epochs; returns the run directory."""
     from dsnn_cli.train import run_train
 
-    out = tmp_path_factory.mktemp("run") / "resnet"
-    cfg = compose_config(
-        "train", [*TINY, "model=resnet", "trainer.max_epochs=3", "trainer.limit_batches=null"]
-    )
-    run_train(cfg, out)
+    out = tmp_path_factory.mktemp("run") / model
+    overrides = [*TINY, f"model={model}", f"trainer.max_epochs={epochs}", "trainer.limit_batches=null"]
+    run_train(compose_config("train", overrides), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A `resnet` trained for three epochs on synthetic data (shared, read-only)."""
+    return train_tiny(tmp_path_factory, "resnet", 3)
 
 
 @pytest.fixture(scope="session")
 def trained_lipschitz_run(tmp_path_factory) -> Path:
-    from dsnn_cli.train import run_train
-
-    out = tmp_path_factory.mktemp("run") / "lipschitz"
-    cfg = compose_config(
-        "train", [*TINY, "model=lipschitz", "trainer.max_epochs=2", "trainer.limit_batches=null"]
-    )
-    run_train(cfg, out)
-    return out
+    """A `lipschitz` (orthogonal, certified) net trained for two epochs (shared, read-only)."""
+    return train_tiny(tmp_path_factory, "lipschitz", 2)
 
 
 # Tests use tiny tensors, where threads only add synchronisation (and on a loaded 2-core

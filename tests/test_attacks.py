@@ -44,12 +44,12 @@ def linear_problem(eps: float, n: int = 400, classes: int = 4, gap: float = 0.3)
     point lies inside the [0,1] box.
     """
     g = torch.Generator().manual_seed(0)
-    weight = torch.randn(classes, 48, generator=g)
+    weight = torch.randn(classes, 64, generator=g)
     bias = -0.5 * weight.sum(dim=1)  # logits W (x - 1/2): every class near the centre
-    x = 0.5 + 0.5 * (torch.rand(n, 1, 4, 12, generator=g) - 0.5)
+    x = 0.5 + 0.5 * (torch.rand(n, 1, 8, 8, generator=g) - 0.5)  # square images (Square needs h = w)
     logits = x.flatten(1) @ weight.t() + bias
     y = logits.argmax(1)
-    diffs = weight[y][:, None, :] - weight[None, :, :]  # (n, classes, 48): w_y - w_j
+    diffs = weight[y][:, None, :] - weight[None, :, :]  # (n, classes, 64): w_y - w_j
     gaps = logits.gather(1, y[:, None]) - logits
     dist = gaps / diffs.norm(dim=2).clamp_min(1e-12)
     dist[torch.arange(n), y] = float("inf")
@@ -117,3 +117,28 @@ def test_attack_file_on_a_certified_run(trained_lipschitz_run):
 def test_uncertified_run_has_null_certified(trained_run):
     record = run_attack({"run": str(trained_run), "eps": [0.1], "attack": SMOKE_ATTACK, "device": "cpu"})
     assert record["lipschitz_bound"] is None and record["results"][0]["certified"] is None
+
+
+def test_certified_points_broken_only_by_rounding_are_rechecked_in_float64():
+    from dsnn_cli.attacks import AttackResult
+    from dsnn_cli.errors import DsnnError
+    from dsnn_cli.evaluate import check_certificates
+
+    model, x, y, _ = linear_problem(0.1)
+    model = model.double()
+    x, y = x[:4].double(), y[:4]
+    certified = torch.tensor([True, True, False, False])
+    # point 0 "broken" by an input that the float64 model still classifies correctly
+    fake = AttackResult(torch.ones(4, dtype=torch.bool), torch.tensor([False, True, True, True]), x.clone())
+    check_certificates(model, fake, certified, y, 0.1)
+    assert bool(fake.robust.all())
+    # a real flip of a certified point is an error, not a warning
+    flipped = x.clone()
+    weight = model.weight.detach()
+    other = (y[0] + 1) % 4
+    direction = (weight[other] - weight[y[0]]).view_as(x[0])
+    flipped[0] = x[0] + 10 * direction
+    real = AttackResult(torch.ones(4, dtype=torch.bool), torch.tensor([False, True, True, True]), flipped)
+    assert model(flipped[:1]).argmax(1) != y[:1]
+    with pytest.raises(DsnnError, match="confirmed in float64"):
+        check_certificates(model, real, certified, y, 0.1)

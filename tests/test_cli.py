@@ -37,6 +37,12 @@ def test_train_attack_report_end_to_end(tmp_path):
     record = json.loads((run / "attack-pgd.json").read_text())
     assert [round(r["eps"], 6) for r in record["results"]] == [0.1, round(8 / 255, 6)]
     assert not (REPO / "outputs" / "attack").exists()
+    certify = run_cli("certify", f"run={run}", "eps=[0,0.1]")
+    assert certify.returncode == 0, certify.stderr
+    certified = json.loads((run / "certify.json").read_text())
+    assert certified["n"] == 200 and certified["lipschitz_bound"] == summary["lipschitz_bound"]
+    assert [r["eps"] for r in certified["results"]] == [0.0, 0.1]
+    assert certified["results"][1]["certified"] <= certified["results"][0]["certified"] <= certified["results"][0]["clean"]
     report = run_cli("report", f"dir={tmp_path}")
     assert report.returncode == 0, report.stderr
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
@@ -75,7 +81,11 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
 @pytest.mark.parametrize(
     "args,code,text",
     [
-        (("train", "model=nope"), 2, "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, mass, naive"),
+        (
+            ("train", "model=nope"),
+            2,
+            "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, mass, naive",
+        ),
         (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
         (("train", "data=imagefolder", "data.root=/no/such/dir"), 2, "no train/ folder"),

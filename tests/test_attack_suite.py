@@ -1,0 +1,58 @@
+"""The attack suite: minimal perturbations of a linear model, cascades, and the strength order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attacks import linear_problem
+
+import dsnn_cli
+from dsnn_cli.attacks import ATTACKS, l2_norms
+from dsnn_cli.evaluate import run_attack
+
+FAST = {
+    "pgd": {"steps": 50},
+    "apgd": {"steps": 50},
+    "autoattack": {"steps": 50, "square_queries": 300},
+}
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd", "autoattack"])
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_strong_attacks_find_the_minimal_perturbations(name, eps):
+    model, x, y, dist = linear_problem(eps)
+    result = ATTACKS[name](model, x, y, eps, **FAST[name])
+    assert float(result.robust.float().mean()) == pytest.approx(float((dist > eps).float().mean()), abs=1e-9)
+    assert bool((l2_norms(result.adversarial - x) <= eps * (1 + 1e-5)).all())
+
+
+def test_paper_protocol_is_weaker():
+    """10 steps of 0.025 eps reach at most 0.25 eps past the start: points at 0.7 eps survive."""
+    eps = 0.1
+    model, x, y, dist = linear_problem(eps)
+    paper = ATTACKS["paper"](model, x, y, eps)
+    strong = ATTACKS["pgd"](model, x, y, eps)
+    assert float(paper.robust.float().mean()) > float(strong.robust.float().mean())
+
+
+def test_autoattack_cascade_never_raises_accuracy(trained_run):
+    model = dsnn_cli.load_model(trained_run)
+    x = torch.rand(48, 3, 16, 16)
+    y = model(x).argmax(1)
+    result = ATTACKS["autoattack"](model, x, y, 0.5, steps=20, square_queries=200)
+    names = [name for name, _ in result.stages]
+    assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    values = [1.0] + [value for _, value in result.stages]
+    assert all(b <= a for a, b in zip(values, values[1:], strict=False))
+    assert values[-1] == pytest.approx(float(result.robust.float().mean()))
+    assert bool((l2_norms(result.adversarial - x) <= 0.5 * (1 + 1e-5)).all())
+
+
+def test_strong_cascade_beats_the_paper_protocol_on_a_trained_model(trained_lipschitz_run):
+    common = {"run": str(trained_lipschitz_run), "eps": [0.25, 0.5], "device": "cpu"}
+    strong = run_attack({**common, "attack": {"name": "apgd", "n_examples": 100, "steps": 30}})
+    weak = run_attack({**common, "attack": {"name": "paper", "n_examples": 100}})
+    for s, w in zip(strong["results"], weak["results"], strict=True):
+        assert s["robust"] <= w["robust"]
+        assert s["certified"] <= s["robust"] <= s["clean"]
+        assert [stage["attack"] for stage in s["stages"]] == ["apgd-ce", "apgd-t"]
