@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.attacks import attack_settings, build_attack
-from dsnn_cli.certify import certified_mask, lipschitz_bound, logit_margins, parse_eps
+from dsnn_cli.certify import certified_mask, format_eps, lipschitz_bound, logit_margins, parse_eps
 from dsnn_cli.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from dsnn_cli.data import load_data, stratified_subset
 from dsnn_cli.errors import DsnnError, UsageError
@@ -66,6 +66,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         bound,
     )
     results = []
+    examples: dict[str, dict[str, torch.Tensor]] = {}
     with progress_bar(cfg.get("progress")) as bar:
         task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
         for eps in eps_list:
@@ -83,6 +84,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                     "stages": [{"attack": name, "robust": value} for name, value in outcome.stages],
                 }
             )
+            examples[format_eps(eps)] = broken_examples(model, images, labels, outcome)
             bar.update(task, advance=1, status=f"eps {eps:.4g}: robust {results[-1]['robust']:.3f}")
     record = {
         "attack": attack_cfg["name"],
@@ -99,8 +101,36 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     }
     record = merge_with_previous(attack_path(run_dir, attack_cfg["name"]), record)
     atomic_write_json(attack_path(run_dir, attack_cfg["name"]), record)
+    save_examples(run_dir, attack_cfg["name"], examples, model.config["data_info"].get("classes"))
     print_attack_table(run_dir, record)
     return record
+
+
+EXAMPLES_PER_EPS = 8
+
+
+def examples_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"attack-{name}-examples.pt"
+
+
+def broken_examples(model, images, labels, outcome, k: int = EXAMPLES_PER_EPS) -> dict[str, torch.Tensor]:
+    """Up to k points the attack broke: clean and adversarial images with both predictions."""
+    idx = (outcome.correct & ~outcome.robust).nonzero().squeeze(1)[:k]
+    clean, adversarial = images[idx].cpu(), outcome.adversarial[idx].cpu()
+    with torch.no_grad():
+        predicted = model(outcome.adversarial[idx]).argmax(1).cpu()
+    return {"images": clean, "adversarial": adversarial, "labels": labels[idx].cpu(), "predicted": predicted}
+
+
+def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] | None) -> None:
+    """Adversarial examples for `dsnn report`'s adversarial.png (a weights_only-safe dict)."""
+    import io
+
+    from dsnn_cli.rundir import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"classes": list(classes or []), "examples": examples}, buffer)
+    atomic_write_bytes(examples_path(run_dir, name), buffer.getvalue())
 
 
 def attack_examples(

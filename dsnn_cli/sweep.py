@@ -18,38 +18,73 @@ from dsnn_cli.rundir import RunDir, read_json
 log = logging.getLogger("dsnn.sweep")
 
 
-def attack_done(output_dir: Path, cfg: DictConfig) -> bool:
+def attack_preset(name: str) -> dict[str, Any]:
+    """The settings of `conf/attack/<name>.yaml`, for the extra attacks of a sweep."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from dsnn_cli.errors import UsageError
+
+    path = files("dsnn_cli.conf").joinpath("attack", f"{name}.yaml")
+    if not path.is_file():
+        valid = sorted(
+            p.name[: -len(".yaml")]
+            for p in files("dsnn_cli.conf").joinpath("attack").iterdir()
+            if p.name.endswith(".yaml")
+        )
+        raise UsageError(f"sweep.extra_attacks: unknown attack '{name}' (valid: {', '.join(valid)})")
+    return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)  # type: ignore[return-value]
+
+
+def sweep_attacks(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The attack group's settings, then every `sweep.extra_attacks` preset (e.g. the paper's)."""
+    from omegaconf import OmegaConf
+
+    attacks = [] if cfg.attack.name == "none" else [OmegaConf.to_container(cfg.attack, resolve=True)]
+    overrides = dict(cfg.sweep.get("extra_attack_overrides") or {})
+    for name in cfg.sweep.get("extra_attacks") or []:
+        preset = attack_preset(str(name))
+        attacks.append({**preset, **{k: v for k, v in overrides.items() if k in preset}})
+    return attacks
+
+
+def attack_done(output_dir: Path, attack: dict[str, Any], eps_values) -> bool:
     from dsnn_cli.certify import parse_eps
     from dsnn_cli.evaluate import attack_path
 
-    if cfg.attack.name == "none":
-        return True
-    record = read_json(attack_path(output_dir, cfg.attack.name))
+    record = read_json(attack_path(output_dir, attack["name"]))
     if not record:
         return False
     have = {round(r["eps"], 12) for r in record.get("results", [])}
-    return all(round(eps, 12) in have for eps in parse_eps(cfg.sweep.eps))
+    return all(round(eps, 12) in have for eps in parse_eps(eps_values))
 
 
 def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
-    """Train, then attack, one grid point; errors are logged and recorded, not raised."""
+    """Train, then attack, one grid point; errors are logged and recorded, not raised.
+
+    A job whose run is done and whose attack files cover `sweep.eps` is skipped, so running
+    a sweep again into the same directory trains and attacks only what is missing.
+    """
     from dsnn_cli.cli import describe_error
     from dsnn_cli.evaluate import run_attack
     from dsnn_cli.train import run_train
 
     run = RunDir(output_dir)
-    if run.status() == "done" and attack_done(output_dir, cfg):
-        log.info("job %s is finished; skipping it", output_dir)
-        return run.summary
     try:
+        attacks = sweep_attacks(cfg)
+        todo = [a for a in attacks if not attack_done(output_dir, a, cfg.sweep.eps)]
+        if run.status() == "done" and not todo:
+            log.info("job %s is finished; skipping it", output_dir)
+            return run.summary
         if run.status() != "done":
             run_train(cfg, output_dir)
-        if cfg.attack.name != "none":
+        for attack in todo:
             run_attack(
                 {
                     "run": str(output_dir),
                     "eps": cfg.sweep.eps,
-                    "attack": cfg.attack,
+                    "attack": attack,
                     "device": cfg.trainer.device,
                     "progress": cfg.trainer.get("progress"),
                 }

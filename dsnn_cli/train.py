@@ -12,9 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.certify import certified_accuracy, lipschitz_bound, logit_margins, parse_eps
-from dsnn_cli.checkpoint import BEST, FINAL, LAST, load_checkpoint, save_checkpoint
+from dsnn_cli.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
 from dsnn_cli.cli import one_line
 from dsnn_cli.data import ImageData, VectorData, load_data
+from dsnn_cli.errors import UsageError
 from dsnn_cli.networks import build_model, check_model_config
 from dsnn_cli.progress import console
 from dsnn_cli.rundir import RunDir
@@ -36,12 +37,19 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     run.refuse_if_finished()
     certify_eps = parse_eps(cfg.certify.eps)
     check_model_config(cfg.model)
+    init_from = cfg.trainer.get("init_from")
+    if init_from and not Path(str(init_from)).expanduser().is_dir():
+        raise UsageError(
+            f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
+        )
     device = resolve_device(str(cfg.trainer.device))
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
     torch.manual_seed(int(cfg.seed))
     data = load_data(cfg.data)
     model = build_model(cfg.model, data.info())
+    if cfg.trainer.get("init_from"):
+        initialise_from(model, Path(str(cfg.trainer.init_from)).expanduser(), cfg)
     n_params = sum(p.numel() for p in model.parameters())
     run.start(
         OmegaConf.to_yaml(cfg, resolve=True),
@@ -89,6 +97,49 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         raise
     print_summary(run)
     return run.summary
+
+
+def initialise_from(model, source: Path, cfg: DictConfig) -> None:
+    """Copy every weight but the head from a finished run (or the matching job of a sweep)."""
+    run_dir = matching_run(source, cfg)
+    payload = load_checkpoint(find_checkpoint(run_dir))
+    own = model.state_dict()
+    shared = {
+        key: value
+        for key, value in payload["state_dict"].items()
+        if key in own and own[key].shape == value.shape and not key.startswith("head.")
+    }
+    if not shared:
+        raise UsageError(f"trainer.init_from={source}: no weight of that run fits this model")
+    model.load_state_dict(shared, strict=False)
+    model.calibrate()
+    log.info(
+        "trainer.init_from: %d of %d tensors from %s (the head starts fresh)", len(shared), len(own), run_dir
+    )
+
+
+def matching_run(source: Path, cfg: DictConfig) -> Path:
+    """`source` itself if it is a run; in a sweep directory, the one job with this model and loss."""
+    if (source / "summary.json").is_file():
+        return source
+    if not source.is_dir():
+        raise UsageError(f"trainer.init_from={source} is not a run or sweep directory")
+    wanted = (OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True))
+    matches = []
+    for config_path in sorted(source.glob("*/config.yaml")):
+        other = OmegaConf.load(config_path)
+        same = (
+            OmegaConf.to_container(other.model, resolve=True),
+            OmegaConf.to_container(other.loss, resolve=True),
+        )
+        if same == wanted and RunDir(config_path.parent).status() == "done":
+            matches.append(config_path.parent)
+    if len(matches) != 1:
+        raise UsageError(
+            f"trainer.init_from={source}: {len(matches)} finished jobs there share this model and loss "
+            "config (exactly one is needed)"
+        )
+    return matches[0]
 
 
 def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:

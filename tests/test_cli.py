@@ -42,7 +42,11 @@ def test_train_attack_report_end_to_end(tmp_path):
     certified = json.loads((run / "certify.json").read_text())
     assert certified["n"] == 200 and certified["lipschitz_bound"] == summary["lipschitz_bound"]
     assert [r["eps"] for r in certified["results"]] == [0.0, 0.1]
-    assert certified["results"][1]["certified"] <= certified["results"][0]["certified"] <= certified["results"][0]["clean"]
+    assert (
+        certified["results"][1]["certified"]
+        <= certified["results"][0]["certified"]
+        <= certified["results"][0]["clean"]
+    )
     report = run_cli("report", f"dir={tmp_path}")
     assert report.returncode == 0, report.stderr
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
@@ -112,3 +116,33 @@ def test_hydra_flags_pass_through():
     assert cfg.returncode == 0 and "name: resnet" in cfg.stdout
     helped = run_cli("train", "--help")
     assert helped.returncode == 0 and "model: lipschitz, lipschitz_flexible, mass, naive" in helped.stdout
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_sweep_with_parallel_and_cluster_launchers(tmp_path, launcher):
+    """joblib runs jobs in local processes; submitit_local is SLURM's launcher on this machine."""
+    sweep = tmp_path / "sweep"
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    result = run_cli(
+        "sweep",
+        *TINY,
+        "model=resnet,lipschitz",
+        f"hydra.sweep.dir={sweep}",
+        "sweep.attack=none",
+        f"hydra/launcher={launcher}",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert sorted(row["model"] for row in rows) == ["lipschitz", "resnet"]
+    assert all(row["status"] == "done" for row in rows)
+
+
+def test_sweep_runs_extra_attacks_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("sweep", *TINY, "model=lipschitz", f"hydra.sweep.dir={sweep}", "sweep.extra_attacks=[paper]")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (sweep / "0" / "attack-pgd.json").is_file() and (sweep / "0" / "attack-paper.json").is_file()
+    paper = json.loads((sweep / "0" / "attack-paper.json").read_text())
+    assert paper["n"] == 32 and paper["settings"]["steps"] == 5  # debug=smoke shrinks extra attacks too

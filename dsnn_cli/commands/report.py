@@ -11,4 +11,4 @@ from dsnn_cli.commands import guarded
 def main(cfg: DictConfig) -> None:
     from dsnn_cli.report import run_report
 
-    run_report(cfg.dir)
+    run_report(cfg.dir, compare=bool(cfg.compare))

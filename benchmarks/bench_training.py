@@ -1,0 +1,99 @@
+"""Training throughput of every image family, as ratios to the ResNet baseline (same process).
+
+    python benchmarks/bench_training.py [--widths 16 32 64] [--batch 128] [--repeats 7]
+
+Each family runs warm-up steps, then `repeats` timed optimisation steps on random CIFAR-sized
+batches; the table gives the median images/s and its ratio to `resnet`. Numbers depend on
+the machine and its load: compare ratios from one run, not absolute values across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from dsnn_cli.networks import build_model
+
+INFO = {
+    "kind": "image",
+    "in_channels": 3,
+    "image_size": 32,
+    "num_classes": 10,
+    "mean": [0.49, 0.48, 0.45],
+    "std": [0.25, 0.24, 0.26],
+}
+FAMILIES = {
+    "resnet": {"substeps": 1},
+    "naive": {"h": 0.5, "ortho_penalty": 0.01},
+    "nonexpansive": {},
+    "lipschitz (spectral)": {"name": "lipschitz", "contractive": "spectral"},
+    "lipschitz (orthogonal)": {"name": "lipschitz", "contractive": "orthogonal"},
+    "lipschitz_flexible": {"h_contractive_range": [0.5, 2.0], "expansive_fraction": 0.9},
+    "volume": {"integrator": {"name": "strang"}, "activation": {"name": "tanh"}},
+}
+
+
+def config(label: str, widths: list[int], overrides: dict) -> dict:
+    cfg = {
+        "name": label,
+        "widths": widths,
+        "steps": 2,
+        "substeps": 2,
+        "kernel_size": 3,
+        "h": 1.0,
+        "h_contractive": 1.0,
+        "h_expansive": None,
+        "contractive": "orthogonal",
+        "normalize": None,
+        "activation": {"name": "leaky_relu", "alpha": 0.5},
+        "integrator": {"name": "euler"},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg, INFO).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        penalty = model.regularization()
+        (loss if penalty is None else loss + penalty).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, widths {args.widths}, batch {args.batch}")
+    baseline = None
+    print(f"{'family':<24} {'img/s':>8} {'vs resnet':>10}")
+    for label, overrides in FAMILIES.items():
+        settings = {k: v for k, v in overrides.items() if k != "name"}
+        cfg = config(overrides.get("name", label), args.widths, settings)
+        rate = images_per_second(cfg, args.batch, args.repeats, not args.contiguous)
+        baseline = baseline or rate
+        print(f"{label:<24} {rate:8.0f} {rate / baseline:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
