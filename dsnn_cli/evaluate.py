@@ -117,8 +117,10 @@ def broken_examples(model, images, labels, outcome, k: int = EXAMPLES_PER_EPS) -
     """Up to k points the attack broke: clean and adversarial images with both predictions."""
     idx = (outcome.correct & ~outcome.robust).nonzero().squeeze(1)[:k]
     clean, adversarial = images[idx].cpu(), outcome.adversarial[idx].cpu()
-    with torch.no_grad():
-        predicted = model(outcome.adversarial[idx]).argmax(1).cpu()
+    predicted = torch.empty(0, dtype=torch.long)
+    if idx.numel():  # an empty batch is not a valid FFT size for the orthogonal layers
+        with torch.no_grad():
+            predicted = model(outcome.adversarial[idx]).argmax(1).cpu()
     return {"images": clean, "adversarial": adversarial, "labels": labels[idx].cpu(), "predicted": predicted}
 
 

@@ -56,3 +56,16 @@ def test_strong_cascade_beats_the_paper_protocol_on_a_trained_model(trained_lips
         assert s["robust"] <= w["robust"]
         assert s["certified"] <= s["robust"] <= s["clean"]
         assert [stage["attack"] for stage in s["stages"]] == ["apgd-ce", "apgd-t"]
+
+
+@pytest.mark.slow
+def test_default_pgd_is_not_improved_much_by_doubling_steps_or_restarts(trained_lipschitz_run):
+    """The strength criterion of benchmarks/bench_attack_strength.py on the synthetic run."""
+    model = dsnn_cli.load_model(trained_lipschitz_run)
+    from dsnn_cli.evaluate import attack_examples
+
+    x, y = attack_examples(trained_lipschitz_run, {}, model.config["data_info"], None)
+    base = float(ATTACKS["pgd"](model, x, y, 0.5).robust.float().mean())
+    for settings in ({"steps": 100}, {"restarts": 2}):
+        stronger = float(ATTACKS["pgd"](model, x, y, 0.5, **settings).robust.float().mean())
+        assert base - stronger <= 0.01, settings
