@@ -7,6 +7,7 @@ top-1 minus runner-up margin exceeds sqrt(2) L eps keeps its label for every ||d
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -48,11 +49,33 @@ def certified_mask(margins: torch.Tensor, bound: float | None, eps: float) -> to
     return margins > math.sqrt(2.0) * bound * eps
 
 
-def certified_accuracy(margins: torch.Tensor, bound: float | None, eps_list) -> dict | None:
-    """{eps: fraction certified} for every eps, or None without a bound."""
+def certified_accuracy(
+    margins: torch.Tensor, bound: float | None, eps_list, correct: torch.Tensor | None = None
+) -> dict | None:
+    """{eps: fraction certified} for every eps, or None without a bound.
+
+    `correct` (the deployed model's own predictions) keeps certified <= clean accuracy even
+    where float64 margins and float32 predictions disagree at a tie.
+    """
     if bound is None:
         return None
-    return {format_eps(eps): float(certified_mask(margins, bound, eps).float().mean()) for eps in eps_list}
+    keep = torch.ones_like(margins, dtype=torch.bool) if correct is None else correct
+    fractions = {}
+    for eps in eps_list:
+        fractions[format_eps(eps)] = float((certified_mask(margins, bound, eps) & keep).float().mean())
+    return fractions
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy in eval mode: certified margins must not rest on float32 rounding."""
+    return copy.deepcopy(model).double().eval()
+
+
+def float64_logits(reference: nn.Module, inputs, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits of a float64 model over an iterable of input batches, on the CPU."""
+    reference.to(device)
+    with torch.no_grad():
+        return torch.cat([reference(x.to(device).double()).cpu() for x in inputs])
 
 
 def format_eps(eps: float) -> str:

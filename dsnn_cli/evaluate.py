@@ -8,7 +8,6 @@ other repeat replaces it. Either way the file is replaced atomically.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -20,7 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.attacks import attack_settings, build_attack
-from dsnn_cli.certify import certified_mask, format_eps, lipschitz_bound, logit_margins, parse_eps
+from dsnn_cli.certify import (
+    certified_mask,
+    float64_copy,
+    float64_logits,
+    format_eps,
+    lipschitz_bound,
+    logit_margins,
+    parse_eps,
+)
 from dsnn_cli.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from dsnn_cli.data import load_data, stratified_subset
 from dsnn_cli.errors import DsnnError, UsageError
@@ -54,9 +61,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         margins = logit_margins(model(images).float(), labels)
     reference = float64_copy(model) if bound is not None else None
     if reference is not None:  # certify from float64 margins: rounding cannot fake a certificate
-        with torch.no_grad():
-            logits = torch.cat([reference(images[i : i + 250].double()) for i in range(0, len(labels), 250)])
-            margins = logit_margins(logits, labels).float()
+        margins = logit_margins(float64_logits(reference, images.split(250), device), labels.cpu()).to(device)
     log.info(
         "attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
         attack_cfg["name"],
@@ -173,10 +178,6 @@ def certificate_note(model) -> str:
     return f"model={info['family']}: {reason}"
 
 
-def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(model).double().eval()
-
-
 def run_certify(cfg) -> dict[str, Any]:
     """Certified accuracy of ``cfg.run`` at every eps from float64 margins: one forward pass."""
     started = time.perf_counter()
@@ -188,14 +189,8 @@ def run_certify(cfg) -> dict[str, Any]:
         run_dir, cfg, model.config["data_info"], cfg.get("n_examples"), full_test_set=True
     )
     bound = lipschitz_bound(model)
-    reference = float64_copy(model)
     device = resolve_device(str(cfg.get("device", "auto")))
-    reference.to(device)
-    batch = int(cfg.get("batch_size", 500))
-    with torch.no_grad():
-        logits = torch.cat(
-            [reference(images[i : i + batch].to(device).double()).cpu() for i in range(0, len(labels), batch)]
-        )
+    logits = float64_logits(float64_copy(model), images.split(int(cfg.get("batch_size", 500))), device)
     margins = logit_margins(logits, labels)
     correct = logits.argmax(1) == labels
     results = [
