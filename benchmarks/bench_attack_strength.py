@@ -24,9 +24,9 @@ VARIANTS = {
     "pgd (default: 50 steps, 1 restart, ce + margin)": ("pgd", {}),
     "pgd, 100 steps": ("pgd", {"steps": 100}),
     "pgd, 2 restarts": ("pgd", {"restarts": 2}),
-    "apgd (APGD-CE + APGD-T, 100 steps)": ("apgd", {}),
     "paper (10 steps of 0.025 eps, ce)": ("paper", {}),
 }
+APGD = {"apgd (APGD-CE + APGD-T, 100 steps)": ("apgd", {})}
 
 
 def main() -> None:
@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("run", help="a run directory written by dsnn train")
     parser.add_argument("--eps", type=float, default=0.3)
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--apgd", action="store_true", help="also APGD (slow on a CPU: ~9x PGD per point)")
     args = parser.parse_args()
     model = load_model(args.run)
-    images, labels = attack_examples(Path(args.run), {}, model.config["data_info"], args.n)
+    images, labels, _ = attack_examples(Path(args.run), {}, model.config["data_info"], args.n)
     print(f"run {args.run}: n={len(labels)}, eps={args.eps}, torch threads {torch.get_num_threads()}")
     reference = None
-    for label, (name, settings) in VARIANTS.items():
+    for label, (name, settings) in {**VARIANTS, **(APGD if args.apgd else {})}.items():
         start = time.perf_counter()
         result = ATTACKS[name](model, images, labels, args.eps, **settings)
         seconds = time.perf_counter() - start

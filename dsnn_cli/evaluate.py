@@ -54,7 +54,9 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     device = resolve_device(str(cfg.get("device", "auto")))
     model.to(device)
-    images, labels = attack_examples(run_dir, cfg, model.config["data_info"], attack_cfg.get("n_examples"))
+    images, labels, indices = attack_examples(
+        run_dir, cfg, model.config["data_info"], attack_cfg.get("n_examples")
+    )
     images, labels = images.to(device), labels.to(device)
     bound = lipschitz_bound(model)
     with torch.no_grad():
@@ -87,6 +89,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                     "robust": mean(outcome.robust),
                     "certified": None if certified is None else mean(certified),
                     "stages": [{"attack": name, "robust": value} for name, value in outcome.stages],
+                    "robust_mask": "".join("1" if r else "0" for r in outcome.robust.tolist()),
                 }
             )
             examples[format_eps(eps)] = broken_examples(model, images, labels, outcome)
@@ -96,6 +99,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "settings": settings,
         "n": int(len(labels)),
         "n_examples": attack_cfg.get("n_examples"),
+        "indices": indices.tolist(),  # test-split indices of the points, in robust_mask order
         "lipschitz_bound": bound,
         "certificate_note": certificate_note(model),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
@@ -142,8 +146,12 @@ def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] |
 
 def attack_examples(
     run_dir: Path, cfg, data_info: Mapping[str, Any], n: int | None = None, full_test_set: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's test images (its own data config), a class-stratified subset of n of them."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's test images (its own data config), a class-stratified subset of n of them.
+
+    Returns images in [0, 1], labels, and the points' indices in the run's test split (the
+    subsets are nested in n, so attacks with different n_examples share their first points).
+    """
     config_path = run_dir / CONFIG
     if not config_path.is_file():
         raise UsageError(f"run={run_dir} has no {CONFIG}; it was not written by dsnn train")
@@ -165,7 +173,7 @@ def attack_examples(
         data.test.targets, None if n is None else int(n), int(data_cfg.get("subset_seed", 0))
     )
     split = data.test.subset(idx)
-    return split.inputs.float().div(255.0), split.targets
+    return split.inputs.float().div(255.0), split.targets, idx
 
 
 def certificate_note(model) -> str:
@@ -185,7 +193,7 @@ def run_certify(cfg) -> dict[str, Any]:
     eps_list = parse_eps(cfg["eps"])
     checkpoint = find_checkpoint(run_dir)
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    images, labels = attack_examples(
+    images, labels, _ = attack_examples(
         run_dir, cfg, model.config["data_info"], cfg.get("n_examples"), full_test_set=True
     )
     bound = lipschitz_bound(model)

@@ -64,7 +64,7 @@ def test_default_pgd_is_not_improved_much_by_doubling_steps_or_restarts(trained_
     model = dsnn_cli.load_model(trained_lipschitz_run)
     from dsnn_cli.evaluate import attack_examples
 
-    x, y = attack_examples(trained_lipschitz_run, {}, model.config["data_info"], None)
+    x, y, _ = attack_examples(trained_lipschitz_run, {}, model.config["data_info"], None)
     base = float(ATTACKS["pgd"](model, x, y, 0.5).robust.float().mean())
     for settings in ({"steps": 100}, {"restarts": 2}):
         stronger = float(ATTACKS["pgd"](model, x, y, 0.5, **settings).robust.float().mean())

@@ -146,3 +146,27 @@ def test_sweep_runs_extra_attacks_once(tmp_path):
     assert (sweep / "0" / "attack-pgd.json").is_file() and (sweep / "0" / "attack-paper.json").is_file()
     paper = json.loads((sweep / "0" / "attack-paper.json").read_text())
     assert paper["n"] == 32 and paper["settings"]["steps"] == 5  # debug=smoke shrinks extra attacks too
+
+
+def test_every_image_family_trains_through_dsnn_train(tmp_path):
+    """One process, six families: `dsnn sweep` runs `dsnn train`'s job for each (smoke preset)."""
+    sweep = tmp_path / "sweep"
+    families = "resnet,naive,nonexpansive,lipschitz,lipschitz_flexible,volume"
+    result = run_cli("sweep", *TINY, f"model={families}", f"hydra.sweep.dir={sweep}", "sweep.attack=none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["model"]: row for row in csv.DictReader((sweep / "report.csv").open())}
+    assert set(rows) == set(families.split(",")) and all(r["status"] == "done" for r in rows.values())
+    assert rows["lipschitz"]["lipschitz_bound"] and not rows["resnet"]["lipschitz_bound"]
+
+
+def test_structure_presets_train_through_the_cli(tmp_path):
+    run = tmp_path / "mass"
+    small = ["debug=smoke", "data.n_train=120", "data.n_test=40", "data.val_size=20"]
+    result = run_cli("train", "experiment=mass_sir", *small, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["invariant_drift"] < 1e-10 and summary["test_mse"] >= 0
+    split = tmp_path / "splitting"
+    result = run_cli("train", "experiment=splitting_function", *small, f"hydra.run.dir={split}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((split / "summary.json").read_text())["model"] == "splitting"

@@ -202,7 +202,7 @@ def test_compare_gives_the_gap_between_the_paper_attack_and_the_strongest(tmp_pa
     assert [float(r["gap_pp"]) for r in rows] == pytest.approx([30.0, 30.0])
     assert float(rows[0]["paper"]) == pytest.approx(0.55) and float(rows[0]["strong"]) == pytest.approx(0.25)
     markdown = (tmp_path / "report_compare.md").read_text()
-    assert "| a | lipschitz | 0.3 | 55.00 | 25.00 | autoattack | +30.00 |" in markdown
+    assert "| a | lipschitz | 0.3 | - | 55.00 | 25.00 | autoattack | +30.00 |" in markdown
 
 
 def test_nothing_to_compare_is_one_log_line(tmp_path, caplog):
@@ -268,3 +268,21 @@ def test_the_perturbation_is_shown_around_mid_grey():
     delta = torch.tensor([[-0.2, 0.0, 0.1]]).numpy()
     assert delta_for_display(delta)[0].tolist() == pytest.approx([0.0, 0.5, 0.75])
     assert delta_for_display(0 * delta).tolist() == [[0.5, 0.5, 0.5]]
+
+
+def test_compare_uses_the_points_both_attacks_share(tmp_path):
+    """The paper file covers points 0-3, the strong one points 2-5: only 2 and 3 are compared."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "done", "model": "lipschitz", "data": "cifar10"}))
+    paper = {"attack": "paper", "n": 4, "indices": [0, 1, 2, 3],
+             "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.75, "robust_mask": "0111"}]}
+    strong = {"attack": "autoattack", "n": 4, "indices": [2, 3, 4, 5],
+              "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.25, "robust_mask": "0100"}]}
+    (run / "attack-paper.json").write_text(json.dumps(paper))
+    (run / "attack-autoattack.json").write_text(json.dumps(strong))
+    from dsnn_cli.report import collect_runs, compare_rows
+
+    [row] = compare_rows(collect_runs(tmp_path), tmp_path)
+    # shared points 2 and 3: paper robust on both (1.0), strong on point 3 only (0.5)
+    assert row["n"] == 2 and row["paper"] == 1.0 and row["strong"] == 0.5 and row["gap_pp"] == 50.0
