@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from dsnn_cli.errors import UsageError
 from dsnn_cli.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -14,8 +18,38 @@ LOSSES: Registry = Registry("loss")
 
 @LOSSES.register("hinge")
 def hinge(margin: float = 0.15) -> nn.Module:
-    """The paper's multi-class hinge: mean over j != y of max(0, margin - (z_y - z_j))."""
+    """The paper's multi-class hinge: sum over j != y of max(0, margin - (z_y - z_j)) / classes."""
     return nn.MultiMarginLoss(margin=float(margin))
+
+
+class LipschitzMarginLoss(nn.Module):
+    """Cross-entropy on logits whose true class is lowered by sqrt(2) L eps (Tsuzuku et al. 2018).
+
+    Why: a point is certified at eps when z_y - max_j z_j > sqrt(2) L eps, so the loss pushes
+    the margin past that threshold rather than past 0. Logits of a 1-Lipschitz network span
+    a small range, so they are divided by a temperature before the soft-max; the loss is
+    multiplied by it again so that its gradients keep the scale of the hinge loss's.
+    """
+
+    def __init__(self, eps: float, lipschitz: float, temperature: float) -> None:
+        super().__init__()
+        if eps < 0:
+            raise UsageError(f"loss.eps={eps} must be >= 0")
+        for key, value in (("lipschitz", lipschitz), ("temperature", temperature)):
+            if value <= 0:
+                raise UsageError(f"loss.{key}={value} must be > 0")
+        self.offset = math.sqrt(2.0) * lipschitz * eps
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shifted = logits - self.offset * F.one_hot(target, logits.shape[1]).to(logits.dtype)
+        return F.cross_entropy(shifted / self.temperature, target) * self.temperature
+
+
+@LOSSES.register("lipschitz_margin")
+def lipschitz_margin(eps: float = 0.3, lipschitz: float = 1.0, temperature: float = 0.25) -> nn.Module:
+    """Certification-sized cross-entropy: `eps` the target radius, `lipschitz` the model's bound."""
+    return LipschitzMarginLoss(float(eps), float(lipschitz), float(temperature))
 
 
 @LOSSES.register("cross_entropy")

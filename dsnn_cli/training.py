@@ -108,7 +108,8 @@ def make_task(cfg: Mapping[str, Any], data: ImageData | VectorData) -> Task:
         raise UsageError(f"data={cfg['data']['name']} is a regression task: use loss=mse (got loss={loss})")
     if not regression and loss == "mse":
         raise UsageError(
-            f"data={cfg['data']['name']} is a classification task: use loss=hinge or cross_entropy"
+            f"data={cfg['data']['name']} is a classification task: "
+            "use loss=hinge, cross_entropy or lipschitz_margin"
         )
     return Task(not regression, build_loss(cfg["loss"]))
 

@@ -42,7 +42,7 @@ def test_groups_mirror_registries():
     assert set(options("scheduler")) == set(SCHEDULES.names())
     assert set(options("attack")) - {"none"} == set(ATTACKS.names())
     assert set(options("model/integrator")) == set(INTEGRATORS.names())
-    assert set(options("loss")) == {"hinge", "cross_entropy", "mse"}
+    assert set(options("loss")) == {"hinge", "cross_entropy", "lipschitz_margin", "mse"}
 
 
 @pytest.mark.parametrize("model", options("model"))

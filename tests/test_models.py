@@ -248,9 +248,12 @@ def test_flexible_step_sizes_stay_certified_after_training_moves_them():
     model.eval()
     for block in model.blocks:
         expansive, contractive = block.steps[0], block.steps[1]
-        h_c = float(contractive.step_size.value())
+        h_c = float(contractive.step_size.value().detach())
         assert 0.5 <= h_c <= 2.0
-        assert float(expansive.step_size.value()) <= largest_expansive_step(h_c, [0.5, 0.5], LEAKY) + 1e-12
+        assert (
+            float(expansive.step_size.value().detach())
+            <= largest_expansive_step(h_c, [0.5, 0.5], LEAKY) + 1e-12
+        )
     assert lipschitz_bound(model) <= 1.0 + 1e-5
     x = torch.rand(8, 3, 8, 8, dtype=torch.float64)
     assert measured_lipschitz(model, x) <= lipschitz_bound(model) * (1 + REL)

@@ -275,10 +275,18 @@ def test_compare_uses_the_points_both_attacks_share(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"status": "done", "model": "lipschitz", "data": "cifar10"}))
-    paper = {"attack": "paper", "n": 4, "indices": [0, 1, 2, 3],
-             "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.75, "robust_mask": "0111"}]}
-    strong = {"attack": "autoattack", "n": 4, "indices": [2, 3, 4, 5],
-              "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.25, "robust_mask": "0100"}]}
+    paper = {
+        "attack": "paper",
+        "n": 4,
+        "indices": [0, 1, 2, 3],
+        "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.75, "robust_mask": "0111"}],
+    }
+    strong = {
+        "attack": "autoattack",
+        "n": 4,
+        "indices": [2, 3, 4, 5],
+        "results": [{"eps": 0.3, "clean": 1.0, "robust": 0.25, "robust_mask": "0100"}],
+    }
     (run / "attack-paper.json").write_text(json.dumps(paper))
     (run / "attack-autoattack.json").write_text(json.dumps(strong))
     from dsnn_cli.report import collect_runs, compare_rows
