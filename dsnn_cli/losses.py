@@ -64,5 +64,4 @@ def mse() -> nn.Module:
 
 
 def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    return LOSSES[cfg["name"]](**kwargs)
+    return LOSSES.build(cfg["name"], {k: v for k, v in cfg.items() if k != "name"})

@@ -38,7 +38,7 @@ def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
     if float(kwargs.get("lr", 0)) <= 0:
         raise UsageError(f"optim.lr={kwargs.get('lr')} must be > 0")
-    return OPTIMIZERS[cfg["name"]](params, **kwargs)
+    return OPTIMIZERS.build(cfg["name"], kwargs, params)
 
 
 @SCHEDULES.register("none")
@@ -77,6 +77,6 @@ def onecycle(epochs: int, peak_epoch: float = 0.25, final_factor: float = 0.0) -
 
 def build_scheduler(cfg: Mapping[str, Any], optimizer, epochs: int, batches_per_epoch: int):
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    factor = SCHEDULES[cfg["name"]](epochs, **kwargs)
+    factor = SCHEDULES.build(cfg["name"], kwargs, epochs)
     per_batch = max(batches_per_epoch, 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i / per_batch))

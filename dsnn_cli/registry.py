@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from dsnn_cli.errors import UsageError
 
@@ -44,3 +45,19 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def build(self, name: str, settings: Mapping[str, Any], *args: Any) -> Any:
+        """Call entry `name` with `args` and the config `settings`, refusing keys it does not take.
+
+        Why: a preset that sets, say, ``loss.margin`` leaves that key behind when the command
+        line swaps the group for one without it; that must be a one-line error naming the fix.
+        """
+        factory = self[name]
+        valid = list(inspect.signature(factory).parameters)[len(args) :]
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise UsageError(
+                f"{self.kind}={name} has no setting {', '.join(unknown)} (valid: {', '.join(valid)}); "
+                f"drop a key a preset left behind with ~{self.kind}.{unknown[0]}"
+            )
+        return factory(*args, **settings)

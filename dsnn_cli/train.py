@@ -27,7 +27,7 @@ from dsnn_cli.networks import build_model, check_model_config
 from dsnn_cli.progress import console
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.structure import flow_map_metrics
-from dsnn_cli.training import fit, memory_format, predict, resolve_device
+from dsnn_cli.training import check_training_config, fit, memory_format, predict, resolve_device
 
 log = logging.getLogger("dsnn.train")
 
@@ -44,6 +44,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     run.refuse_if_finished()
     certify_eps = parse_eps(cfg.certify.eps)
     check_model_config(cfg.model)
+    check_training_config(cfg)
     init_from = cfg.trainer.get("init_from")
     if init_from and not Path(str(init_from)).expanduser().is_dir():
         raise UsageError(

@@ -114,6 +114,14 @@ def make_task(cfg: Mapping[str, Any], data: ImageData | VectorData) -> Task:
     return Task(not regression, build_loss(cfg["loss"]))
 
 
+def check_training_config(cfg: Mapping[str, Any]) -> None:
+    """Build loss, optimiser and schedule once on a stand-in parameter, so that a bad setting
+    is refused before any data is read or a run directory is written."""
+    build_loss(cfg["loss"])
+    optimizer = build_optimizer(cfg["optim"], [nn.Parameter(torch.zeros(1))])
+    build_scheduler(cfg["scheduler"], optimizer, epochs=1, batches_per_epoch=1)
+
+
 def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
     full = -(-n // batch_size)
     return full if limit is None else min(full, int(limit))

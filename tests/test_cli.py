@@ -93,6 +93,13 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
         (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
         (("train", "data=imagefolder", "data.root=/no/such/dir"), 2, "no train/ folder"),
+        (
+            ("train", "experiment=certify_cifar10", "loss=lipschitz_margin"),
+            2,
+            "loss=lipschitz_margin has no setting margin (valid: eps, lipschitz, temperature); "
+            "drop a key a preset left behind with ~loss.margin",
+        ),
+        (("train", "experiment=paper_cifar10", "optim=adam"), 2, "optim=adam has no setting momentum"),
         (("attack",), 2, "missing run=RUN_DIR"),
         (("attack", "run=/no/such/run"), 2, "is not a directory"),
         (("attack", f"run={REPO}", "eps=-0.1"), 2, "must be a finite number >= 0"),
