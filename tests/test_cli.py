@@ -94,7 +94,7 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
         (("train", "data=imagefolder", "data.root=/no/such/dir"), 2, "no train/ folder"),
         (
-            ("train", "experiment=certify_cifar10", "loss=lipschitz_margin"),
+            ("train", "experiment=paper_cifar10", "loss=lipschitz_margin"),
             2,
             "loss=lipschitz_margin has no setting margin (valid: eps, lipschitz, temperature); "
             "drop a key a preset left behind with ~loss.margin",

@@ -73,3 +73,12 @@ def test_init_from_a_sweep_picks_the_job_with_the_same_model_and_loss(tmp_path):
 def test_cifar100_preset_refuses_to_start_without_init_from(tmp_path):
     with pytest.raises(UsageError, match="trainer.init_from"):
         run_train(compose_config("train", ["experiment=paper_cifar100", *SMALL]), tmp_path / "x")
+
+
+def test_certify_preset_trains_a_one_lipschitz_model_for_its_target_radius(tmp_path):
+    cfg = compose_config("train", ["experiment=certify_cifar10", *SMALL])
+    assert cfg.loss.name == "lipschitz_margin" and cfg.loss.eps == 0.3 and cfg.model.normalize == "mean"
+    summary = run_train(cfg, tmp_path / "certify")
+    assert summary["status"] == "done"
+    assert summary["lipschitz_bound"] <= 1.0 + 1e-5
+    assert set(summary["certified"]) == {"0", "0.141176", "0.3", "0.5"}
