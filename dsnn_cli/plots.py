@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dsnn_cli.rundir import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from dsnn_cli.report import Curve, ExampleSet
+    from dsnn_cli.report.pictures import Curve, ExampleSet
 
 DPI = 100
 ACCURACY_SIZE_IN = (10.0, 5.5)

@@ -16,7 +16,7 @@ import yaml
 
 from dsnn_cli import report
 from dsnn_cli.plots import ACCURACY_SIZE_PX, adversarial_size_px, delta_for_display
-from dsnn_cli.report import robust_auc, run_report
+from dsnn_cli.report import groups, pictures, robust_auc, run_report
 
 CONFIG = {
     "data": {"name": "synthetic", "image_size": 8},
@@ -154,11 +154,11 @@ def test_seeds_of_one_config_are_grouped_with_mean_and_sample_std(tmp_path):
 
 def test_a_new_model_family_does_not_list_its_defaults_as_differences():
     flats = [
-        report.flatten(CONFIG),
-        report.flatten(with_changes(CONFIG, **{"model.name": "resnet", "model.widths": [8, 16]})),
-        report.flatten(with_changes(CONFIG, **{"optim.lr": 0.1})),
+        groups.flatten(CONFIG),
+        groups.flatten(with_changes(CONFIG, **{"model.name": "resnet", "model.widths": [8, 16]})),
+        groups.flatten(with_changes(CONFIG, **{"optim.lr": 0.1})),
     ]
-    assert report.distinguishing_keys(flats) == ["model.name", "optim.lr"]
+    assert groups.distinguishing_keys(flats) == ["model.name", "optim.lr"]
 
 
 def test_no_group_table_when_every_run_has_its_own_config(tmp_path):
@@ -223,7 +223,7 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
     assert png_size(tmp_path / "report.png") == ACCURACY_SIZE_PX == (1000, 550)
     # pgd beats paper; 0.3 has no examples, 0.25 is the closest eps with some: three rows
     assert png_size(tmp_path / "adversarial.png") == adversarial_size_px(3) == (600, 650)
-    chosen = report.load_examples(report.collect_runs(tmp_path), tmp_path)
+    chosen = pictures.load_examples(report.collect_runs(tmp_path), tmp_path)
     assert (chosen.attack, chosen.eps, chosen.images.shape) == ("pgd", "0.25", (3, 1, 8, 8))
     write_examples(run, "autoattack", {"0.3": 6})
     run_report(tmp_path)
@@ -248,7 +248,7 @@ def test_many_runs_are_plotted_as_one_mean_curve_per_configuration(tmp_path, mon
         config = with_changes(CONFIG, seed=seed)
         make_run(tmp_path, f"s{seed}", config, attacks={"pgd": [(0.5, robust)]}, certified=cert)
     make_run(tmp_path, "t", with_changes(CONFIG, **{"optim.lr": 0.1}), attacks={"pgd": [(0.5, 0.9)]})
-    drawn: list[list[report.Curve]] = []
+    drawn: list[list[pictures.Curve]] = []
     monkeypatch.setattr(
         "dsnn_cli.plots.plot_accuracy_curves", lambda curves, path, title="": drawn.append(curves)
     )

@@ -1,0 +1,95 @@
+"""The runs a report reads: each run directory's summary, attack files and config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsnn_cli.rundir import CONFIG, SUMMARY, read_json
+
+log = logging.getLogger("dsnn.report")
+
+
+# Attacks stronger than the paper's protocol, strongest first.
+STRONG_ATTACKS = ("autoattack", "apgd", "pgd")
+
+
+PAPER_ATTACK = "paper"
+
+
+@dataclass
+class RunRecord:
+    """A run directory's summary, attack files and config (None without a readable config.yaml)."""
+
+    path: Path
+    summary: dict[str, Any]
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+
+def collect_runs(root: Path) -> list[RunRecord]:
+    """Every run directory under `root` (itself included), sorted by path."""
+    records = []
+    for summary_path in sorted(root.rglob(SUMMARY)):
+        summary = read_json(summary_path)
+        if not isinstance(summary, dict):
+            continue
+        run_dir = summary_path.parent
+        attacks = {}
+        for attack_file in sorted(run_dir.glob("attack-*.json")):
+            data = read_json(attack_file)
+            if isinstance(data, dict) and "results" in data:
+                attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
+        records.append(RunRecord(run_dir, summary, attacks, read_config(run_dir / CONFIG)))
+    return records
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """The run's resolved config as plain containers; None when missing or unreadable."""
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:  # noqa: BLE001 - a broken config only costs the run its group
+        log.warning("%s is unreadable (%s): the run forms a group of its own", path, exc)
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def eps_key(eps: float) -> str:
+    return f"{eps:.4g}"
+
+
+def run_name(record: RunRecord, root: Path) -> str:
+    """The run's path under the report directory (its own name when it is the directory)."""
+    return str(record.path.relative_to(root)) if record.path != root else record.path.resolve().name
+
+
+def strongest_attack(attacks: dict[str, dict[str, Any]]) -> str | None:
+    return next((name for name in STRONG_ATTACKS if name in attacks), None)
+
+
+def robust_curve(results: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(eps, robust accuracy) sorted by eps, starting at eps 0 with the clean accuracy if needed."""
+    points = sorted((float(r["eps"]), float(r["robust"])) for r in results if r.get("robust") is not None)
+    if points and points[0][0] > 0:
+        clean = next((r["clean"] for r in results if r.get("clean") is not None), None)
+        if clean is not None:
+            points.insert(0, (0.0, float(clean)))
+    return points
+
+
+def robust_auc(results: list[dict[str, Any]]) -> float | None:
+    """Trapezoid area under robust accuracy over [0, largest eps], divided by the largest eps.
+
+    None when the curve does not start at eps 0 (no clean accuracy) or spans no eps range.
+    """
+    points = robust_curve(results)
+    if not points or points[0][0] != 0.0 or points[-1][0] <= 0.0:
+        return None
+    area = sum((e1 - e0) * (a0 + a1) / 2 for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False))
+    return area / points[-1][0]
