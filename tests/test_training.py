@@ -99,12 +99,22 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(bad)
 
 
-def test_failed_run_is_recorded(tmp_path):
+def test_failed_run_is_recorded(tmp_path, monkeypatch):
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("train_loss is nan at epoch 1")
+
+    monkeypatch.setattr("dsnn_cli.train.fit", diverge)
+    with pytest.raises(FloatingPointError):
+        run_train(compose_config("train", TINY), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "nan at epoch 1" in summary["error"]
+
+
+def test_bad_training_settings_are_refused_before_the_run_starts(tmp_path):
     cfg = compose_config("train", [*TINY, "optim.lr=-1"])
     with pytest.raises(UsageError, match="optim.lr"):
         run_train(cfg, tmp_path / "run")
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "failed" and "optim.lr" in summary["error"]
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 IMAGE_FAMILIES = ["resnet", "naive", "nonexpansive", "lipschitz", "lipschitz_flexible", "volume"]
