@@ -26,11 +26,12 @@ def rollout(model: nn.Module, x0: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def jacobian_determinants(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
-    """det of the Jacobian of the model at every point (float64, exact autograd Jacobians)."""
+    """det of the Jacobian of the model at every point (exact autograd Jacobians; a measurement,
+    so detached from the parameters)."""
     from torch.func import jacrev, vmap
 
     jac = vmap(jacrev(lambda x: model(x.unsqueeze(0)).squeeze(0)))(points)
-    return torch.linalg.det(jac)
+    return torch.linalg.det(jac).detach()
 
 
 def flow_map_metrics(

@@ -292,7 +292,7 @@ def test_runge_kutta_order(name):
 def test_gradient_step_adjoint_is_exact():
     op = ConvOperator(3, 3, (5, 5), constrained=True).double()
     x, y = torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
-    w = op.effective_weight()
+    w = op.effective_weight().detach()
     assert float((op.apply_with(x, w) * y).sum()) == pytest.approx(
         float((x * op.adjoint_with(y, w)).sum()), rel=1e-12
     )
