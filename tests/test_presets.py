@@ -26,6 +26,7 @@ def test_table_presets_sweep_the_paper_grid():
     assert (
         cfg.loss.name == "hinge"
         and cfg.attack.name == "autoattack"
+        and cfg.attack.n_examples == 1024  # the paper protocol's 1,024 points, for both attacks
         and list(cfg.sweep.extra_attacks) == ["paper"]
     )
 
