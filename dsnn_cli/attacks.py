@@ -7,7 +7,6 @@ logits out, model in eval mode. A point counts as broken only if a perturbed inp
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import warnings
@@ -406,16 +405,10 @@ EVALUATION_KEYS = {"name", "n_examples", "device"}
 
 def attack_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The attack's own keyword arguments from its config node, checked against its signature."""
-    fn = ATTACKS[cfg["name"]]
     settings = {k: v for k, v in cfg.items() if k not in EVALUATION_KEYS}
     if "losses" in settings:
         settings["losses"] = tuple(settings["losses"])
-    accepted = set(inspect.signature(fn).parameters) - {"model", "images", "labels", "eps"}
-    unknown = sorted(set(settings) - accepted)
-    if unknown:
-        raise UsageError(
-            f"attack={cfg['name']} has no setting {', '.join(unknown)} (valid: {', '.join(sorted(accepted))})"
-        )
+    ATTACKS.check_settings(cfg["name"], settings, n_args=4)  # after model, images, labels, eps
     return settings
 
 

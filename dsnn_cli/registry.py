@@ -46,18 +46,21 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def build(self, name: str, settings: Mapping[str, Any], *args: Any) -> Any:
-        """Call entry `name` with `args` and the config `settings`, refusing keys it does not take.
+    def check_settings(self, name: str, settings: Mapping[str, Any], n_args: int = 0) -> None:
+        """Refuse config keys that entry `name` does not take after its first `n_args` arguments.
 
         Why: a preset that sets, say, ``loss.margin`` leaves that key behind when the command
         line swaps the group for one without it; that must be a one-line error naming the fix.
         """
-        factory = self[name]
-        valid = list(inspect.signature(factory).parameters)[len(args) :]
+        valid = list(inspect.signature(self[name]).parameters)[n_args:]
         unknown = sorted(set(settings) - set(valid))
         if unknown:
             raise UsageError(
                 f"{self.kind}={name} has no setting {', '.join(unknown)} (valid: {', '.join(valid)}); "
                 f"drop a key a preset left behind with ~{self.kind}.{unknown[0]}"
             )
-        return factory(*args, **settings)
+
+    def build(self, name: str, settings: Mapping[str, Any], *args: Any) -> Any:
+        """Call entry `name` with `args` and the config `settings`, after check_settings."""
+        self.check_settings(name, settings, len(args))
+        return self[name](*args, **settings)
