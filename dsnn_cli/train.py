@@ -45,8 +45,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     certify_eps = parse_eps(cfg.certify.eps)
     check_model_config(cfg.model)
     check_training_config(cfg)
-    init_from = cfg.trainer.get("init_from")
-    if init_from and not Path(str(init_from)).expanduser().is_dir():
+    init_from = Path(str(cfg.trainer.init_from)).expanduser() if cfg.trainer.get("init_from") else None
+    if init_from and not init_from.is_dir():
         raise UsageError(
             f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
         )
@@ -56,8 +56,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     data = load_data(cfg.data)
     model = build_model(cfg.model, data.info())
-    if cfg.trainer.get("init_from"):
-        initialise_from(model, Path(str(cfg.trainer.init_from)).expanduser(), cfg)
+    if init_from:
+        initialise_from(model, init_from, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     run.start(
         OmegaConf.to_yaml(cfg, resolve=True),
