@@ -261,14 +261,13 @@ def run_cascade(
 # --------------------------------------------------------------------------- AutoAttack
 
 
-def torchattacks_stage(model: nn.Module, make: Callable[[], Any]) -> Stage:
+def torchattacks_stage(make: Callable[[], Any]) -> Stage:
     """Wrap a torchattacks attack (a port of the reference AutoAttack code) as a cascade stage."""
 
     def stage(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        adversarial = make()(x, y).detach()
-        with torch.no_grad():
-            found = model(adversarial).argmax(1) != y
-        return found, adversarial, 0
+        # every output is a candidate: run_cascade re-evaluates each one (confirm_broken)
+        candidates = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+        return candidates, make()(x, y).detach(), 0
 
     return stage
 
@@ -315,7 +314,7 @@ def autoattack_stages(
             model, norm="L2", eps=eps, n_queries=square_queries, n_restarts=restarts, seed=seed
         ),
     }
-    return [(name, torchattacks_stage(model, makers[name])) for name in names]
+    return [(name, torchattacks_stage(makers[name])) for name in names]
 
 
 @ATTACKS.register("apgd")
