@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.attacks import attack_settings, build_attack
 from dsnn_cli.certify import (
+    certified_accuracy,
     certified_mask,
     float64_copy,
     float64_logits,
@@ -200,11 +201,12 @@ def run_certify(cfg) -> dict[str, Any]:
     logits = float64_logits(float64_copy(model), images.split(int(cfg.get("batch_size", 500))), device)
     margins = logit_margins(logits, labels)
     correct = logits.argmax(1) == labels
+    certified = certified_accuracy(margins, bound, eps_list, correct)
     results = [
         {
             "eps": eps,
             "clean": mean(correct),
-            "certified": None if bound is None else mean(certified_mask(margins, bound, eps) & correct),
+            "certified": None if certified is None else certified[format_eps(eps)],
         }
         for eps in eps_list
     ]
