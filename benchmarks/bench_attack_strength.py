@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dsnn_cli.attacks import ATTACKS
-from dsnn_cli.checkpoint import load_model
-from dsnn_cli.evaluate import attack_examples
+from dsnn_cli.commands.attack import attack_examples
+from dsnn_cli.robustness.attacks import ATTACKS
+from dsnn_cli.training.checkpoint import load_model
 
 VARIANTS = {
     "pgd (default: 50 steps, 1 restart, ce + margin)": ("pgd", {}),

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dsnn_cli.networks import build_model
+from dsnn_cli.models.networks import build_model
 
 INFO = {
     "kind": "image",

@@ -13,9 +13,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "dsnn_cli.checkpoint",
-    "lipschitz_bound": "dsnn_cli.certify",
-    "build_model": "dsnn_cli.networks",
+    "load_model": "dsnn_cli.training.checkpoint",
+    "lipschitz_bound": "dsnn_cli.robustness.certificates",
+    "build_model": "dsnn_cli.models.networks",
 }
 
 __all__ = ["__version__", *_LAZY]

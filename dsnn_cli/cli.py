@@ -143,19 +143,21 @@ def fail(message: str, code: int) -> int:
 
 def describe_error(exc: BaseException) -> tuple[str, int]:
     """One line and an exit status for any exception that reaches the CLI."""
-    from dsnn_cli.errors import DsnnError
+    from dsnn_cli.errors import DsnnError, describe
 
     if isinstance(exc, DsnnError):
-        return one_line(str(exc)), exc.exit_code
+        return describe(exc)
     hydra_error = describe_hydra_error(exc)
     if hydra_error is not None:
         return hydra_error, 2
-    hint = " (set DSNN_DEBUG=1 for the traceback)"
-    return one_line(f"{type(exc).__name__}: {exc}") + hint, 1
+    message, code = describe(exc)
+    return message + " (set DSNN_DEBUG=1 for the traceback)", code
 
 
 def describe_hydra_error(exc: BaseException) -> str | None:
     """Config and override errors from Hydra or OmegaConf, rewritten to name the fix."""
+    from dsnn_cli.errors import one_line
+
     try:
         from hydra.errors import (
             ConfigCompositionException,
@@ -204,11 +206,6 @@ def describe_unknown_key(error: BaseException) -> str:
     except Exception:  # noqa: BLE001 - listing keys is best effort
         valid = ""
     return f"unknown config key '{full_key}'{valid}; add it with +{full_key}=... if intended"
-
-
-def one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else "unknown error"
 
 
 if __name__ == "__main__":

@@ -13,3 +13,16 @@ class UsageError(DsnnError):
     """Bad input: an unknown option, a value out of range, a missing path (exit status 2)."""
 
     exit_code = 2
+
+
+def one_line(text: str) -> str:
+    """The first three non-blank lines of `text`, joined: what a record or a terminal line holds."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else "unknown error"
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """One line and an exit status for an exception raised while a command runs."""
+    if isinstance(exc, DsnnError):
+        return one_line(str(exc)), exc.exit_code
+    return one_line(f"{type(exc).__name__}: {exc}"), 1

@@ -49,7 +49,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 
 def train_tiny(tmp_path_factory, model: str, epochs: int) -> Path:
     """Train `model` on tiny synthetic data for whole epochs; returns the run directory."""
-    from dsnn_cli.train import run_train
+    from dsnn_cli.commands.train import run_train
 
     out = tmp_path_factory.mktemp("run") / model
     overrides = [*TINY, f"model={model}", f"trainer.max_epochs={epochs}", "trainer.limit_batches=null"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dsnn_cli.certify import jacobian_norm_lower_bound
+from dsnn_cli.robustness.certificates import jacobian_norm_lower_bound
 
 
 def pair_search(f, x: torch.Tensor, steps: int = 60, lr: float = 0.05, seed: int = 0) -> float:

@@ -7,8 +7,8 @@ import torch
 from test_attacks import linear_problem
 
 import dsnn_cli
-from dsnn_cli.attacks import ATTACKS, l2_norms
-from dsnn_cli.evaluate import run_attack
+from dsnn_cli.commands.attack import run_attack
+from dsnn_cli.robustness.attacks import ATTACKS, l2_norms
 
 FAST = {
     "pgd": {"steps": 50},
@@ -62,7 +62,7 @@ def test_strong_cascade_beats_the_paper_protocol_on_a_trained_model(trained_lips
 def test_default_pgd_is_not_improved_much_by_doubling_steps_or_restarts(trained_lipschitz_run):
     """The strength criterion of benchmarks/bench_attack_strength.py on the synthetic run."""
     model = dsnn_cli.load_model(trained_lipschitz_run)
-    from dsnn_cli.evaluate import attack_examples
+    from dsnn_cli.commands.attack import attack_examples
 
     x, y, _ = attack_examples(trained_lipschitz_run, {}, model.config["data_info"], None)
     base = float(ATTACKS["pgd"](model, x, y, 0.5).robust.float().mean())

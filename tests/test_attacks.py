@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import dsnn_cli
-from dsnn_cli.attacks import ATTACKS, l2_norms, project
-from dsnn_cli.evaluate import run_attack
+from dsnn_cli.commands.attack import run_attack
+from dsnn_cli.robustness.attacks import ATTACKS, l2_norms, project
 
 SMOKE_ATTACK = {
     "name": "pgd",
@@ -120,9 +120,9 @@ def test_uncertified_run_has_null_certified(trained_run):
 
 
 def test_certified_points_broken_only_by_rounding_are_rechecked_in_float64():
-    from dsnn_cli.attacks import AttackResult
+    from dsnn_cli.commands.attack import check_certificates
     from dsnn_cli.errors import DsnnError
-    from dsnn_cli.evaluate import check_certificates
+    from dsnn_cli.robustness.attacks import AttackResult
 
     model, x, y, _ = linear_problem(0.1)
     model = model.double()

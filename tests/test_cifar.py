@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from dsnn_cli.train import run_train
+from dsnn_cli.commands.train import run_train
 
 ROOT = os.environ.get("DSNN_CIFAR10_ROOT")
 

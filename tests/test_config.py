@@ -9,14 +9,15 @@ import torch
 from conftest import TINY, compose_config
 from omegaconf import OmegaConf
 
-from dsnn_cli.attacks import ATTACKS, attack_settings
-from dsnn_cli.data import DATASETS, load_data
+from dsnn_cli.data.containers import DATASETS
+from dsnn_cli.data.loading import load_data
 from dsnn_cli.errors import UsageError
-from dsnn_cli.families import FAMILIES
-from dsnn_cli.integrators import INTEGRATORS
-from dsnn_cli.losses import build_loss
-from dsnn_cli.networks import build_model
-from dsnn_cli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from dsnn_cli.models.families import FAMILIES
+from dsnn_cli.models.integrators import INTEGRATORS
+from dsnn_cli.models.networks import build_model
+from dsnn_cli.robustness.attacks import ATTACKS, attack_settings
+from dsnn_cli.training.losses import build_loss
+from dsnn_cli.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VECTOR_DATA = {"sir", "skew", "abc", "cubic", "function"}

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, encode_png, write_file
 
-from dsnn_cli.data import augment_batch, batches, load_data, stratified_subset
+from dsnn_cli.data.images import augment_batch
+from dsnn_cli.data.loading import batches, load_data
+from dsnn_cli.data.subsets import stratified_subset
 from dsnn_cli.errors import UsageError
 
 

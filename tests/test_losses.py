@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsnn_cli.errors import UsageError
-from dsnn_cli.losses import LipschitzMarginLoss, hinge
+from dsnn_cli.training.losses import LipschitzMarginLoss, hinge
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

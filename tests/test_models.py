@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from helpers import measured_lipschitz
 
-from dsnn_cli.activations import build_activation
-from dsnn_cli.certify import lipschitz_bound
 from dsnn_cli.errors import UsageError
-from dsnn_cli.families import FAMILIES
-from dsnn_cli.integrators import INTEGRATORS
-from dsnn_cli.networks import build_model
-from dsnn_cli.operators import ConvOperator
-from dsnn_cli.spaces import ImageSpace, VectorSpace
-from dsnn_cli.steps import ExpansiveField, GradientField, Step, largest_expansive_step
+from dsnn_cli.models.activations import build_activation
+from dsnn_cli.models.families import FAMILIES
+from dsnn_cli.models.fields import ExpansiveField, GradientField
+from dsnn_cli.models.integrators import INTEGRATORS
+from dsnn_cli.models.layers import Step
+from dsnn_cli.models.networks import build_model
+from dsnn_cli.models.operators import ConvOperator
+from dsnn_cli.models.spaces import ImageSpace, VectorSpace
+from dsnn_cli.models.step_sizes import largest_expansive_step
+from dsnn_cli.robustness.certificates import lipschitz_bound
 
 INFO = {
     "kind": "image",

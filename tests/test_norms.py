@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsnn_cli.norms import conv_norm_bound, matrix_norm_bound, power_iteration
+from dsnn_cli.models.norms import conv_norm_bound, matrix_norm_bound, power_iteration
 
 # Observed ratio bound / exact on these small inputs is below 1.25 (the torus adds only
 # boundary frequencies); the bound is stated to stay within this factor.

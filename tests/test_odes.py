@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from dsnn_cli.data.odes import SYSTEMS, ODESystem, divergence, flow_map, function_target, trajectory
 from dsnn_cli.errors import UsageError
-from dsnn_cli.integrators import rk4_step
-from dsnn_cli.odes import SYSTEMS, ODESystem, divergence, flow_map, function_target, trajectory
+from dsnn_cli.models.integrators import rk4_step
 
 DECAY = ODESystem(
     name="decay",

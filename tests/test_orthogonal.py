@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsnn_cli.orthogonal import CayleyConvOperator, CayleyDenseOperator, orthogonality_penalty
+from dsnn_cli.models.orthogonal import CayleyConvOperator, CayleyDenseOperator, orthogonality_penalty
 
 SIZES = [(4, 4), (5, 3), (6, 5)]
 CASES = [(size, c, k) for size in SIZES for c in (1, 2, 3, 4) for k in (1, 3)]

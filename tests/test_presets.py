@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-from dsnn_cli.checkpoint import load_model
+from dsnn_cli.commands.train import initialise_from, matching_run, run_train
 from dsnn_cli.errors import UsageError
-from dsnn_cli.train import initialise_from, matching_run, run_train
+from dsnn_cli.training.checkpoint import load_model
 
 REGIMES = ["resnet", "naive", "nonexpansive", "lipschitz", "lipschitz_flexible"]
 SMALL = [*TINY, "model.widths=[4,4,4]", "model.steps=2"]
@@ -45,7 +45,7 @@ def test_cifar100_preset_starts_from_cifar10_weights_with_a_new_head(tmp_path):
     summary = run_train(compose_config("train", cifar100), tmp_path / "cifar100")
     assert summary["status"] == "done"
     # the transfer itself: every tensor but the head's, before any training
-    from dsnn_cli.networks import build_model
+    from dsnn_cli.models.networks import build_model
 
     cfg = compose_config("train", cifar100)
     torch.manual_seed(5)

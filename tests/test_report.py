@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 
-from dsnn_cli import report
-from dsnn_cli.plots import ACCURACY_SIZE_PX, adversarial_size_px, delta_for_display
-from dsnn_cli.report import groups, pictures, robust_auc, run_report
+from dsnn_cli.commands import report as report_command
+from dsnn_cli.commands.report import run_report
+from dsnn_cli.report import groups, pictures
+from dsnn_cli.report.figures import ACCURACY_SIZE_PX, adversarial_size_px, delta_for_display
+from dsnn_cli.report.runs import collect_runs, robust_auc
 
 CONFIG = {
     "data": {"name": "synthetic", "image_size": 8},
@@ -122,7 +124,7 @@ def test_auc_is_the_trapezoid_area_divided_by_the_largest_eps(tmp_path):
     assert float(row["auc[paper]"]) == pytest.approx(0.8)
     markdown = (tmp_path / "report.md").read_text()
     assert "| 44.00 |" in markdown and "auc[attack]: trapezoid area" in markdown
-    assert "trapezoid" in report.__doc__
+    assert "trapezoid" in report_command.__doc__
 
 
 def test_seeds_of_one_config_are_grouped_with_mean_and_sample_std(tmp_path):
@@ -223,7 +225,7 @@ def test_plots_are_pngs_of_the_expected_size(tmp_path):
     assert png_size(tmp_path / "report.png") == ACCURACY_SIZE_PX == (1000, 550)
     # pgd beats paper; 0.3 has no examples, 0.25 is the closest eps with some: three rows
     assert png_size(tmp_path / "adversarial.png") == adversarial_size_px(3) == (600, 650)
-    chosen = pictures.load_examples(report.collect_runs(tmp_path), tmp_path)
+    chosen = pictures.load_examples(collect_runs(tmp_path), tmp_path)
     assert (chosen.attack, chosen.eps, chosen.images.shape) == ("pgd", "0.25", (3, 1, 8, 8))
     write_examples(run, "autoattack", {"0.3": 6})
     run_report(tmp_path)
@@ -250,7 +252,7 @@ def test_many_runs_are_plotted_as_one_mean_curve_per_configuration(tmp_path, mon
     make_run(tmp_path, "t", with_changes(CONFIG, **{"optim.lr": 0.1}), attacks={"pgd": [(0.5, 0.9)]})
     drawn: list[list[pictures.Curve]] = []
     monkeypatch.setattr(
-        "dsnn_cli.plots.plot_accuracy_curves", lambda curves, path, title="": drawn.append(curves)
+        "dsnn_cli.report.figures.plot_accuracy_curves", lambda curves, path, title="": drawn.append(curves)
     )
     run_report(tmp_path)
     (curves,) = drawn  # 7 runs * (robust + certified) + 1 = 15 curves > MAX_CURVES
@@ -289,7 +291,7 @@ def test_compare_uses_the_points_both_attacks_share(tmp_path):
     }
     (run / "attack-paper.json").write_text(json.dumps(paper))
     (run / "attack-autoattack.json").write_text(json.dumps(strong))
-    from dsnn_cli.report import collect_runs, compare_rows
+    from dsnn_cli.commands.report import collect_runs, compare_rows
 
     [row] = compare_rows(collect_runs(tmp_path), tmp_path)
     # shared points 2 and 3: paper robust on both (1.0), strong on point 3 only (0.5)

@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from dsnn_cli.activations import build_activation
-from dsnn_cli.data import Split
-from dsnn_cli.integrators import INTEGRATORS
-from dsnn_cli.networks import build_model
-from dsnn_cli.spaces import ImageSpace, VectorSpace
-from dsnn_cli.steps import MassField, SphereFlow
-from dsnn_cli.structure import flow_map_metrics, jacobian_determinants
+from dsnn_cli.data.containers import Split
+from dsnn_cli.models.activations import build_activation
+from dsnn_cli.models.fields import MassField
+from dsnn_cli.models.integrators import INTEGRATORS
+from dsnn_cli.models.layers import SphereFlow
+from dsnn_cli.models.networks import build_model
+from dsnn_cli.models.spaces import ImageSpace, VectorSpace
+from dsnn_cli.robustness.structure import flow_map_metrics, jacobian_determinants
 
 TANH = build_activation("tanh")
 

@@ -9,9 +9,9 @@ import torch
 from conftest import TINY, compose_config
 
 import dsnn_cli
-from dsnn_cli.checkpoint import load_checkpoint
+from dsnn_cli.commands.train import run_train
 from dsnn_cli.errors import DsnnError, UsageError
-from dsnn_cli.train import run_train
+from dsnn_cli.training.checkpoint import load_checkpoint
 
 
 def test_summary_and_artifacts(trained_run):
@@ -59,7 +59,7 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     run_train(cfg, straight)
 
-    import dsnn_cli.training as training
+    import dsnn_cli.training.loop as training
 
     real_save = training.save_training_state
 
@@ -103,7 +103,7 @@ def test_failed_run_is_recorded(tmp_path, monkeypatch):
     def diverge(*args, **kwargs):
         raise FloatingPointError("train_loss is nan at epoch 1")
 
-    monkeypatch.setattr("dsnn_cli.train.fit", diverge)
+    monkeypatch.setattr("dsnn_cli.commands.train.fit", diverge)
     with pytest.raises(FloatingPointError):
         run_train(compose_config("train", TINY), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -1,14 +1,219 @@
-"""Hydra entry point of `dsnn attack`."""
+"""`dsnn attack`: rebuild a run's model, attack it at every eps, certify it, record it.
+
+Writes ``RUN_DIR/attack-<name>.json``: the attack's settings, ``n``, the Lipschitz bound and
+``results``, a list of ``{eps, clean, robust, certified}`` (fractions; ``certified`` is null
+without a bound). A repeat with the same settings merges its eps values into the file; any
+other repeat replaces it. Either way the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
+from dsnn_cli.commands.common import attack_examples, mean, plain
+from dsnn_cli.errors import DsnnError
+from dsnn_cli.progress import console, progress_bar
+from dsnn_cli.robustness.attacks import attack_settings, build_attack
+from dsnn_cli.robustness.certificates import (
+    certified_mask,
+    float64_copy,
+    float64_logits,
+    format_eps,
+    lipschitz_bound,
+    logit_margins,
+    parse_eps,
+)
+from dsnn_cli.rundir import atomic_write_json, read_json
+from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from dsnn_cli.training.loop import resolve_device
+
+log = logging.getLogger("dsnn.attack")
+
+
+def attack_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"attack-{name}.json"
+
+
+def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Attack the model of ``cfg.run`` at every ``cfg.eps`` and write the attack file."""
+    started = time.perf_counter()
+    run_dir = Path(str(cfg["run"])).expanduser()
+    eps_list = parse_eps(cfg["eps"])
+    attack_cfg = plain(cfg["attack"])
+    settings = attack_settings(attack_cfg)
+    attack = build_attack(attack_cfg)
+    checkpoint = find_checkpoint(run_dir)
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    device = resolve_device(str(cfg.get("device", "auto")))
+    model.to(device)
+    images, labels, indices = attack_examples(
+        run_dir, cfg, model.config["data_info"], attack_cfg.get("n_examples")
+    )
+    images, labels = images.to(device), labels.to(device)
+    bound = lipschitz_bound(model)
+    reference = margins = None
+    if bound is not None:  # certify from float64 margins: rounding cannot fake a certificate
+        reference = float64_copy(model)
+        margins = logit_margins(float64_logits(reference, images.split(250), device), labels.cpu()).to(device)
+    log.info(
+        "attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
+        attack_cfg["name"],
+        len(labels),
+        run_dir,
+        eps_list,
+        bound,
+    )
+    results = []
+    examples: dict[str, dict[str, torch.Tensor]] = {}
+    with progress_bar(cfg.get("progress")) as bar:
+        task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
+        for eps in eps_list:
+            outcome = attack(model, images, labels, eps)
+            certified = None if margins is None else certified_mask(margins, bound, eps)
+            if certified is not None:
+                certified = certified & outcome.correct
+                check_certificates(reference, outcome, certified, labels, eps)
+            results.append(
+                {
+                    "eps": eps,
+                    "clean": mean(outcome.correct),
+                    "robust": mean(outcome.robust),
+                    "certified": None if certified is None else mean(certified),
+                    "stages": [{"attack": name, "robust": value} for name, value in outcome.stages],
+                    "robust_mask": "".join("1" if r else "0" for r in outcome.robust.tolist()),
+                }
+            )
+            examples[format_eps(eps)] = broken_examples(model, images, labels, outcome)
+            bar.update(task, advance=1, status=f"eps {eps:.4g}: robust {results[-1]['robust']:.3f}")
+    record = {
+        "attack": attack_cfg["name"],
+        "settings": settings,
+        "n": int(len(labels)),
+        "n_examples": attack_cfg.get("n_examples"),
+        "indices": indices.tolist(),  # test-split indices of the points, in robust_mask order
+        "lipschitz_bound": bound,
+        "certificate_note": certificate_note(model),
+        "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": results,
+    }
+    record = merge_with_previous(attack_path(run_dir, attack_cfg["name"]), record)
+    atomic_write_json(attack_path(run_dir, attack_cfg["name"]), record)
+    save_examples(run_dir, attack_cfg["name"], examples, model.config["data_info"].get("classes"))
+    print_attack_table(run_dir, record)
+    return record
+
+
+EXAMPLES_PER_EPS = 8
+
+
+def examples_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"attack-{name}-examples.pt"
+
+
+def broken_examples(model, images, labels, outcome, k: int = EXAMPLES_PER_EPS) -> dict[str, torch.Tensor]:
+    """Up to k points the attack broke: clean and adversarial images with both predictions."""
+    idx = (outcome.correct & ~outcome.robust).nonzero().squeeze(1)[:k]
+    clean, adversarial = images[idx].cpu(), outcome.adversarial[idx].cpu()
+    predicted = torch.empty(0, dtype=torch.long)
+    if idx.numel():  # an empty batch is not a valid FFT size for the orthogonal layers
+        with torch.no_grad():
+            predicted = model(outcome.adversarial[idx]).argmax(1).cpu()
+    return {"images": clean, "adversarial": adversarial, "labels": labels[idx].cpu(), "predicted": predicted}
+
+
+def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] | None) -> None:
+    """Adversarial examples for `dsnn report`'s adversarial.png (a weights_only-safe dict)."""
+    import io
+
+    from dsnn_cli.rundir import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"classes": list(classes or []), "examples": examples}, buffer)
+    atomic_write_bytes(examples_path(run_dir, name), buffer.getvalue())
+
+
+def certificate_note(model) -> str:
+    """Why a model has (or lacks) a certificate, in words for the table."""
+    info = model.certificate()
+    if info["certified"]:
+        return f"model={info['family']}: {info['variant']}, declared bound {info['declared_bound']:.6g}"
+    soft = info["family"] == "naive" or model.config["model"].get("contractive") == "penalty"
+    reason = "soft orthogonality penalty, no proven bound" if soft else f"preserves {info['preserves']}"
+    return f"model={info['family']}: {reason}"
+
+
+def check_certificates(reference, outcome, certified: torch.Tensor, labels: torch.Tensor, eps: float) -> None:
+    """No certified point may be broken: re-check apparent breaks in float64.
+
+    A break that the float64 model does not confirm is float32 rounding at the decision
+    boundary: the point counts as robust. A confirmed break means the bound is wrong, which
+    is an error, never a warning.
+    """
+    suspects = (certified & ~outcome.robust).nonzero().squeeze(1)
+    if suspects.numel() == 0:
+        return
+    with torch.no_grad():
+        adversarial = outcome.adversarial[suspects].double()
+        confirmed = reference(adversarial).argmax(1) != labels[suspects]
+    if bool(confirmed.any()):
+        raise DsnnError(
+            f"{int(confirmed.sum())} certified points were broken at eps={eps} (confirmed in float64): "
+            "the Lipschitz bound does not hold for this model (please report this as a bug)"
+        )
+    outcome.robust[suspects] = True
+    log.warning(
+        "%d apparent breaks of certified points at eps=%g were float32 rounding (float64 holds)",
+        suspects.numel(),
+        eps,
+    )
+
+
+def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Keep earlier eps values when the earlier file used the same attack on the same points."""
+    previous = read_json(path)
+    as_json = json.loads(json.dumps(record))  # tuples become lists, as on disk
+    same = previous and all(previous.get(k) == as_json[k] for k in ("settings", "n", "checkpoint"))
+    if not same:
+        return record
+    mine = {round(r["eps"], 12) for r in record["results"]}
+    kept = [r for r in previous.get("results", []) if round(r["eps"], 12) not in mine]
+    record["results"] = sorted(kept + record["results"], key=lambda r: r["eps"])
+    return record
+
+
+def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    bound = record["lipschitz_bound"]
+    if bound is None:
+        note = record.get("certificate_note") or "uncertified model"
+        caption = f"no Lipschitz certificate ({note}): certified n/a"
+    else:
+        caption = f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps"
+    table = Table(title=f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})", caption=caption)
+    for column in ("eps", "clean", "robust", "certified"):
+        table.add_column(column, justify="right")
+    for row in record["results"]:
+        cert = "-" if row["certified"] is None else f"{100 * row['certified']:.2f}%"
+        table.add_row(f"{row['eps']:.4g}", f"{100 * row['clean']:.2f}%", f"{100 * row['robust']:.2f}%", cert)
+    console.print(table)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="attack")
 @guarded
 def main(cfg: DictConfig) -> None:
-    from dsnn_cli.evaluate import run_attack
-
+    """Hydra entry point of `dsnn attack`."""
     run_attack(cfg)

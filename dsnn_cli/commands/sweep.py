@@ -1,18 +1,124 @@
-"""Hydra entry point of `dsnn sweep` (always a multirun)."""
+"""`dsnn sweep`: one train + attack job per grid point, and the sweep's report at the end.
 
+A failed job is recorded (``status: failed`` in its summary) and does not stop the others.
+Running the same sweep again into the same ``hydra.sweep.dir`` skips finished jobs.
+"""
+
+from __future__ import annotations
+
+import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
+from dsnn_cli.errors import describe
+from dsnn_cli.rundir import RunDir, read_json
+
+log = logging.getLogger("dsnn.sweep")
+
+
+def attack_preset(name: str) -> dict[str, Any]:
+    """The settings of `conf/attack/<name>.yaml`, for the extra attacks of a sweep."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from dsnn_cli.errors import UsageError
+
+    path = files("dsnn_cli.conf").joinpath("attack", f"{name}.yaml")
+    if not path.is_file():
+        valid = sorted(
+            p.name[: -len(".yaml")]
+            for p in files("dsnn_cli.conf").joinpath("attack").iterdir()
+            if p.name.endswith(".yaml")
+        )
+        raise UsageError(f"sweep.extra_attacks: unknown attack '{name}' (valid: {', '.join(valid)})")
+    return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)  # type: ignore[return-value]
+
+
+def sweep_attacks(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The attack group's settings, then every `sweep.extra_attacks` preset (e.g. the paper's)."""
+    from omegaconf import OmegaConf
+
+    attacks = [] if cfg.attack.name == "none" else [OmegaConf.to_container(cfg.attack, resolve=True)]
+    overrides = dict(cfg.sweep.get("extra_attack_overrides") or {})
+    for name in cfg.sweep.get("extra_attacks") or []:
+        preset = attack_preset(str(name))
+        attacks.append({**preset, **{k: v for k, v in overrides.items() if k in preset}})
+    return attacks
+
+
+def attack_done(output_dir: Path, attack: dict[str, Any], eps_values) -> bool:
+    from dsnn_cli.commands.attack import attack_path
+    from dsnn_cli.robustness.certificates import parse_eps
+
+    record = read_json(attack_path(output_dir, attack["name"]))
+    if not record:
+        return False
+    have = {round(r["eps"], 12) for r in record.get("results", [])}
+    return all(round(eps, 12) in have for eps in parse_eps(eps_values))
+
+
+def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """Train, then attack, one grid point; errors are logged and recorded, not raised.
+
+    A job whose run is done and whose attack files cover `sweep.eps` is skipped, so running
+    a sweep again into the same directory trains and attacks only what is missing.
+    """
+    from dsnn_cli.commands.attack import run_attack
+    from dsnn_cli.commands.train import run_train
+
+    run = RunDir(output_dir)
+    try:
+        attacks = sweep_attacks(cfg)
+        todo = [a for a in attacks if not attack_done(output_dir, a, cfg.sweep.eps)]
+        if run.status() == "done" and not todo:
+            log.info("job %s is finished; skipping it", output_dir)
+            return run.summary
+        if run.status() != "done":
+            run_train(cfg, output_dir)
+        for attack in todo:
+            run_attack(
+                {
+                    "run": str(output_dir),
+                    "eps": cfg.sweep.eps,
+                    "attack": attack,
+                    "device": cfg.trainer.device,
+                    "progress": cfg.trainer.get("progress"),
+                }
+            )
+    except Exception as exc:  # noqa: BLE001 - one failed job must not stop the sweep
+        message, _ = describe(exc)
+        log.error("job %s failed: %s", output_dir, message)
+        run = RunDir(output_dir)
+        if run.summary and run.status() != "failed":
+            run.update(attack_error=message)
+        elif not run.summary:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            run.summary = {"status": "failed", "error": message}
+            run.write()
+    return RunDir(output_dir).summary
+
+
+class SweepReport(Callback):
+    """Hydra callback: report the sweep directory once every job has run."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dsnn_cli.commands.report import run_report
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():
+            run_report(sweep_dir)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="sweep")
 @guarded
 def main(cfg: DictConfig) -> None:
+    """Hydra entry point of `dsnn sweep`."""
     from hydra.core.hydra_config import HydraConfig
-
-    from dsnn_cli.sweep import run_sweep_job
 
     run_sweep_job(cfg, Path(HydraConfig.get().runtime.output_dir))

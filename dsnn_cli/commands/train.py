@@ -1,18 +1,239 @@
-"""Hydra entry point of `dsnn train`."""
+"""`dsnn train`: build data and model from the config, fit, then evaluate once on the test set."""
 
+from __future__ import annotations
+
+import json
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.commands import guarded
+from dsnn_cli.data.containers import ImageData, VectorData
+from dsnn_cli.data.loading import batches, load_data
+from dsnn_cli.errors import UsageError, describe
+from dsnn_cli.models.networks import build_model, check_model_config
+from dsnn_cli.progress import console
+from dsnn_cli.robustness.certificates import (
+    certified_accuracy,
+    float64_copy,
+    float64_logits,
+    lipschitz_bound,
+    logit_margins,
+    parse_eps,
+)
+from dsnn_cli.robustness.structure import flow_map_metrics
+from dsnn_cli.rundir import RunDir
+from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
+from dsnn_cli.training.loop import check_training_config, fit, memory_format, predict, resolve_device
+
+log = logging.getLogger("dsnn.train")
+
+
+def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
+    """Train one model into `output_dir` and return its summary.
+
+    Raises:
+        UsageError: bad config (unknown option, step sizes outside the certified region,
+            missing data root, a finished run directory reused).
+    """
+    started = time.perf_counter()
+    run = RunDir(output_dir)
+    run.refuse_if_finished()
+    certify_eps = parse_eps(cfg.certify.eps)
+    check_model_config(cfg.model)
+    check_training_config(cfg)
+    init_from = Path(str(cfg.trainer.init_from)).expanduser() if cfg.trainer.get("init_from") else None
+    if init_from and not init_from.is_dir():
+        raise UsageError(
+            f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
+        )
+    device = resolve_device(str(cfg.trainer.device))
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(int(cfg.trainer.threads))
+    torch.manual_seed(int(cfg.seed))
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.info())
+    if init_from:
+        initialise_from(model, init_from, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.start(
+        OmegaConf.to_yaml(cfg, resolve=True),
+        int(cfg.seed),
+        {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
+    )
+    log.info(
+        "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s, run dir %s",
+        cfg.model.name,
+        n_params,
+        cfg.data.name,
+        len(data.train),
+        len(data.val or []),
+        len(data.test),
+        device,
+        run.path,
+    )
+    try:
+        state = fit(model, data, cfg, run, device)
+        chosen = choose_checkpoint(run, str(cfg.trainer.get("select", "best")))
+        payload = load_checkpoint(chosen)
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
+        results = {
+            "status": "done",
+            **test_metrics(model, data, cfg, certify_eps, device),
+            "val_acc": metric_of(run, payload.get("epoch"), "val_acc"),
+            "val_loss": metric_of(run, payload.get("epoch"), "val_loss"),
+            "n_params": n_params,
+            "certificate": model.certificate(),
+            "epochs": state["epoch"],
+            "selected_epoch": payload.get("epoch"),
+            "n_test": len(data.test),
+            "train_seconds": round(state["seconds"], 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
+        run.update(**results)
+    except BaseException as exc:
+        run.update(
+            status="failed",
+            error=describe(exc)[0],
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        raise
+    print_summary(run)
+    return run.summary
+
+
+def initialise_from(model, source: Path, cfg: DictConfig) -> None:
+    """Copy every weight but the head from a finished run (or the matching job of a sweep)."""
+    run_dir = matching_run(source, cfg)
+    payload = load_checkpoint(find_checkpoint(run_dir))
+    own = model.state_dict()
+    shared = {
+        key: value
+        for key, value in payload["state_dict"].items()
+        if key in own and own[key].shape == value.shape and not key.startswith("head.")
+    }
+    if not shared:
+        raise UsageError(f"trainer.init_from={source}: no weight of that run fits this model")
+    model.load_state_dict(shared, strict=False)
+    model.calibrate()
+    log.info(
+        "trainer.init_from: %d of %d tensors from %s (the head starts fresh)", len(shared), len(own), run_dir
+    )
+
+
+def matching_run(source: Path, cfg: DictConfig) -> Path:
+    """`source` itself if it is a run; in a sweep directory, the one job with this model and loss."""
+    if (source / "summary.json").is_file():
+        return source
+    if not source.is_dir():
+        raise UsageError(f"trainer.init_from={source} is not a run or sweep directory")
+    wanted = (OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True))
+    matches = []
+    for config_path in sorted(source.glob("*/config.yaml")):
+        other = OmegaConf.load(config_path)
+        same = (
+            OmegaConf.to_container(other.model, resolve=True),
+            OmegaConf.to_container(other.loss, resolve=True),
+        )
+        if same == wanted and RunDir(config_path.parent).status() == "done":
+            matches.append(config_path.parent)
+    if len(matches) != 1:
+        raise UsageError(
+            f"trainer.init_from={source}: {len(matches)} finished jobs there share this model and loss "
+            "config (exactly one is needed)"
+        )
+    return matches[0]
+
+
+def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:
+    """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
+    fmt = memory_format(cfg.trainer) if isinstance(data, ImageData) else torch.contiguous_format
+    outputs = predict(model, data.test.to(device), int(cfg.trainer.eval_batch_size), fmt)
+    targets = data.test.targets
+    bound = lipschitz_bound(model)
+    if isinstance(data, VectorData):
+        return {
+            "test_acc": None,
+            "test_mse": float(((outputs - targets) ** 2).mean()),
+            "lipschitz_bound": bound,
+            "certified": None,
+            **flow_map_metrics(model, data.info(), data.test),
+        }
+    correct = outputs.argmax(1) == targets
+    certified = None
+    if bound is not None:  # margins of a float64 copy: rounding cannot fake a certificate
+        batch = int(cfg.trainer.eval_batch_size)
+        logits = float64_logits(float64_copy(model), (x for x, _ in batches(data.test, batch)), device)
+        certified = certified_accuracy(logit_margins(logits, targets), bound, certify_eps, correct)
+    return {"test_acc": float(correct.float().mean()), "lipschitz_bound": bound, "certified": certified}
+
+
+def choose_checkpoint(run: RunDir, select: str) -> Path:
+    """`trainer.select=best` takes the best validation epoch, `last` the final epoch."""
+    best = run.checkpoints / BEST
+    return best if select == "best" and best.is_file() else run.checkpoints / LAST
+
+
+def metric_of(run: RunDir, epoch: int | None, key: str) -> float | None:
+    """A value from the metrics row of `epoch` (the selected checkpoint's)."""
+    path = run.path / "metrics.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("epoch") == epoch:
+            return row.get(key)
+    return None
+
+
+REGRESSION_KEYS = (
+    "test_mse",
+    "val_loss",
+    "rollout_mse",
+    "invariant_drift",
+    "invariant_drift_exact_flow",
+    "det_jacobian_error",
+    "det_jacobian_error_mean",
+)
+
+
+def print_summary(run: RunDir) -> None:
+    from rich.table import Table
+
+    s = run.summary
+    table = Table(title=f"dsnn train: {s.get('model')} on {s.get('data')}", show_header=False)
+    table.add_row("run", str(run.path))
+    if s.get("test_mse") is None:
+        table.add_row("test accuracy", fmt(s.get("test_acc")))
+        table.add_row("val accuracy", fmt(s.get("val_acc")))
+    for key in REGRESSION_KEYS:
+        if s.get(key) is not None:
+            table.add_row(key.replace("_", " "), f"{s[key]:.4g}")
+    bound = s.get("lipschitz_bound")
+    table.add_row("Lipschitz bound", "none (no certificate)" if bound is None else f"{bound:.6g}")
+    for eps, value in (s.get("certified") or {}).items():
+        table.add_row(f"certified @ eps={eps}", fmt(value))
+    table.add_row("parameters", str(s.get("n_params")))
+    table.add_row("epochs", str(s.get("epochs")))
+    table.add_row("time", f"{s.get('seconds', 0):.1f} s")
+    console.print(table)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> None:
+    """Hydra entry point of `dsnn train`."""
     from hydra.core.hydra_config import HydraConfig
-
-    from dsnn_cli.train import run_train
 
     run_train(cfg, Path(HydraConfig.get().runtime.output_dir))

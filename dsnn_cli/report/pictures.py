@@ -1,6 +1,6 @@
 """What the report's figures show: accuracy curves per run or configuration, and examples.
 
-The drawing itself is in `dsnn_cli.plots`; this module picks the data.
+The drawing itself is in `dsnn_cli.report.figures`; this module picks the data.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def write_accuracy_plot(root: Path, records: list[RunRecord], groups: list[Group
         return None
     if len(curves) > MAX_CURVES:
         curves = group_mean_curves(groups, per_run)
-    from dsnn_cli.plots import plot_accuracy_curves
+    from dsnn_cli.report.figures import plot_accuracy_curves
 
     plot_accuracy_curves(curves, path, title=f"dsnn report: {root.name or root}")
     return path
@@ -163,7 +163,7 @@ def write_adversarial_plot(root: Path, records: list[RunRecord]) -> Path | None:
         log.info("no attack examples (attack-*-examples.pt) with a broken point: no %s", path.name)
         path.unlink(missing_ok=True)
         return None
-    from dsnn_cli.plots import plot_adversarial_examples
+    from dsnn_cli.report.figures import plot_adversarial_examples
 
     plot_adversarial_examples(examples, path)
     return path

@@ -68,7 +68,7 @@ def find_checkpoint(run_dir: Path | str) -> Path:
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    from dsnn_cli.networks import build_model
+    from dsnn_cli.models.networks import build_model
 
     model = build_model(payload["model_config"], payload["data_info"])
     try:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsnn_cli.norms import conv_norm_bound, matrix_norm_bound
+from dsnn_cli.models.norms import conv_norm_bound, matrix_norm_bound
 
 # Relative margin added to sigma at calibration: covers float32 rounding of W / sigma.
 CALIBRATION_MARGIN = 1e-6

@@ -13,27 +13,20 @@ from typing import Any
 
 from torch import nn
 
-from dsnn_cli.activations import Activation
 from dsnn_cli.errors import UsageError
-from dsnn_cli.integrators import Integrator
-from dsnn_cli.registry import Registry
-from dsnn_cli.steps import (
+from dsnn_cli.models.activations import Activation
+from dsnn_cli.models.fields import (
     GRADIENT_OPERATORS,
-    BoundedStepSize,
     ExpansiveField,
     GradientField,
-    GradientFlow,
-    IntervalStepSize,
     MassField,
     NaiveField,
     ResNetField,
-    Shear,
-    SphereFlow,
-    SplitStep,
-    Step,
-    equal_fractions,
-    largest_expansive_step,
 )
+from dsnn_cli.models.integrators import Integrator
+from dsnn_cli.models.layers import GradientFlow, Shear, SphereFlow, SplitStep, Step, equal_fractions
+from dsnn_cli.models.step_sizes import BoundedStepSize, IntervalStepSize, largest_expansive_step
+from dsnn_cli.registry import Registry
 
 RUNGE_KUTTA = ("euler", "heun", "rk4")
 SPLITTINGS = ("strang", "lie_trotter")

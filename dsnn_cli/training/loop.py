@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnn_cli.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from dsnn_cli.data import ImageData, Split, VectorData, batches
+from dsnn_cli.data.containers import ImageData, Split, VectorData
+from dsnn_cli.data.loading import batches
 from dsnn_cli.errors import UsageError
-from dsnn_cli.losses import build_loss
-from dsnn_cli.optim import build_optimizer, build_scheduler
 from dsnn_cli.progress import progress_bar
 from dsnn_cli.rundir import RunDir
+from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from dsnn_cli.training.losses import build_loss
+from dsnn_cli.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("dsnn.train")
 

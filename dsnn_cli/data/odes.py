@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dsnn_cli.integrators import Field, rk4_step
+from dsnn_cli.models.integrators import Field, rk4_step
 from dsnn_cli.registry import Registry
 
 # Relative slack when turning t / max_step into a step count, so that quotients such as

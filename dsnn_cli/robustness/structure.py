@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnn_cli.data import Split
+from dsnn_cli.data.containers import Split
 
 
 def rollout(model: nn.Module, x0: torch.Tensor, steps: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def flow_map_metrics(
     model: nn.Module, info: dict[str, Any], test: Split, n_points: int = 100
 ) -> dict[str, Any]:
     """Rollout error, invariant drift (learned vs exact flow) and |det J - 1| where they apply."""
-    from dsnn_cli.odes import SYSTEMS, trajectory
+    from dsnn_cli.data.odes import SYSTEMS, trajectory
 
     metrics: dict[str, Any] = {}
     if not info.get("system"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dsnn_cli.operators import ConvOperator, DenseOperator
+from dsnn_cli.models.operators import ConvOperator, DenseOperator
 
 
 class ImageSpace:
@@ -26,7 +26,7 @@ class ImageSpace:
         return ConvOperator(c_in, c_out, self.size, self.kernel_size, constrained)
 
     def orthogonal(self, channels: int) -> nn.Module:
-        from dsnn_cli.orthogonal import CayleyConvOperator
+        from dsnn_cli.models.orthogonal import CayleyConvOperator
 
         return CayleyConvOperator(channels, self.size, self.kernel_size)
 
@@ -43,7 +43,7 @@ class VectorSpace:
         return DenseOperator(c_in, c_out, constrained, bias=False)
 
     def orthogonal(self, channels: int) -> nn.Module:
-        from dsnn_cli.orthogonal import CayleyDenseOperator
+        from dsnn_cli.models.orthogonal import CayleyDenseOperator
 
         return CayleyDenseOperator(channels)
 

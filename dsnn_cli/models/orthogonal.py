@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsnn_cli.norms import FLOAT64_SLACK
+from dsnn_cli.models.norms import FLOAT64_SLACK
 
 INIT_SCALE = 0.1
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnn_cli.activations import build_activation
 from dsnn_cli.errors import UsageError
-from dsnn_cli.families import (
+from dsnn_cli.models.activations import build_activation
+from dsnn_cli.models.families import (
     FAMILIES,
     Family,
     StepContext,
@@ -29,9 +29,9 @@ from dsnn_cli.families import (
     contractive_kind,
     fractions_of,
 )
-from dsnn_cli.integrators import INTEGRATORS
-from dsnn_cli.operators import ConstrainedNorm, ConvOperator, DenseOperator
-from dsnn_cli.spaces import ImageSpace, VectorSpace
+from dsnn_cli.models.integrators import INTEGRATORS
+from dsnn_cli.models.operators import ConstrainedNorm, ConvOperator, DenseOperator
+from dsnn_cli.models.spaces import ImageSpace, VectorSpace
 
 NORMALIZATIONS = ("mean", "mean_std", "none")
 

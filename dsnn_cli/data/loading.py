@@ -1,0 +1,87 @@
+"""`load_data`: a dataset's splits with the configured subsets, and batch iteration on the device.
+
+Augmentation (random crop with 4-pixel zero padding, horizontal flip) is applied to whole
+uint8 batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from dsnn_cli.data.containers import DATASETS, ImageData, Split, VectorData, VectorSource
+from dsnn_cli.data.images import augment_batch
+from dsnn_cli.data.subsets import complement, stratified_subset
+from dsnn_cli.data.vectors import vector_data
+from dsnn_cli.errors import UsageError
+
+
+def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:
+    """Load the splits a command needs, with the configured subsets.
+
+    Args:
+        cfg: the ``data`` config node.
+        with_train: False loads (and decodes) only the test split, as `dsnn attack` does.
+    """
+    source = DATASETS[cfg["name"]](cfg, with_train)
+    if isinstance(source, VectorSource):
+        return vector_data(source, cfg)
+    seed = int(cfg.get("subset_seed", 0))
+    test = source.test.take(stratified_subset(source.test.labels, cfg.get("limit_test"), seed))
+    train = val = None
+    if with_train:
+        assert source.train is not None
+        labels = source.train.labels
+        val_size = int(cfg.get("val_size") or 0)
+        if val_size >= len(labels):
+            raise UsageError(
+                f"data.val_size={val_size} leaves no training images (the training set has "
+                f"{len(labels)}); lower data.val_size"
+            )
+        val_idx = stratified_subset(labels, val_size, seed) if val_size else torch.empty(0, dtype=torch.long)
+        rest = complement(len(labels), val_idx)
+        train_idx = rest[stratified_subset(labels[rest], cfg.get("limit_train"), seed + 1)]
+        train = source.train.take(train_idx)
+        val = source.train.take(val_idx) if val_size else None
+    mean, std = channel_statistics(cfg, train if train is not None else test)
+    return ImageData(train, val, test, source.classes, mean, std)
+
+
+def channel_statistics(cfg: Mapping[str, Any], split: Split) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0,1] units: from the config, or measured on the split."""
+    if cfg.get("mean") is not None and cfg.get("std") is not None:
+        return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+    pixels = split.inputs.double().div(255.0).transpose(0, 1).flatten(1)
+    return pixels.mean(dim=1).tolist(), pixels.std(dim=1).clamp_min(1e-3).tolist()
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+    limit: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (float inputs, targets) on the split's device; uint8 images become [0, 1] floats.
+
+    The shuffling and augmentation draws come from `generator` (on the CPU), so a run
+    resumed from a checkpoint that saved the generator repeats them exactly.
+    """
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    count = 0
+    for start in range(0, n, batch_size):
+        if limit is not None and count >= limit:
+            return
+        idx = order[start : start + batch_size].to(split.inputs.device)
+        inputs = split.inputs[idx]
+        if inputs.dtype == torch.uint8:  # images: augment as uint8, then scale to [0, 1]
+            if augment:
+                inputs = augment_batch(inputs, generator)
+            inputs = inputs.float().div_(255.0)
+        yield inputs, split.targets[idx]
+        count += 1

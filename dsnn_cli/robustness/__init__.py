@@ -1,0 +1,1 @@
+"""Robustness and structure: l2 attacks, Lipschitz certificates, and structure measurements."""

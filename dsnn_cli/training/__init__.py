@@ -1,0 +1,1 @@
+"""Training: the loop, losses, optimisers and schedules, and checkpoints."""
