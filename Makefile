@@ -25,7 +25,8 @@ run: $(BIN)/dsnn ## train the default model, attack it at EPS (0.3) and print th
 	$(BIN)/dsnn attack run=$(RUN_DIR) eps=$(EPS)
 	$(BIN)/dsnn report dir=$(RUN_DIR)
 
-test: $(BIN)/dsnn ## fast test suite (what CI runs)
+test: $(BIN)/dsnn ## layer contracts, then the fast test suite (what CI runs)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(BIN)/dsnn ## every test, slow ones included
@@ -35,7 +36,8 @@ smoke: $(BIN)/dsnn ## a CPU smoke run on synthetic data
 	$(BIN)/dsnn train data=synthetic debug=smoke hydra.run.dir=$(RUN_DIR)
 	$(BIN)/dsnn attack run=$(RUN_DIR) debug=smoke
 
-lint: $(BIN)/dsnn ## ruff lint and format check
+lint: $(BIN)/dsnn ## ruff lint and format check, layer contracts
+	$(BIN)/lint-imports
 	$(BIN)/ruff check dsnn_cli tests benchmarks
 	$(BIN)/ruff format --check dsnn_cli tests benchmarks
 

@@ -56,7 +56,8 @@ def run_report(root: Path | str, compare: bool = False) -> tuple[list[str], list
     )
     written = [root / "report.csv", root / "report.md"]
     atomic_write_text(root / "report.csv", to_csv(columns, rows))
-    atomic_write_text(root / "report.md", to_markdown(columns, rows, group_table))
+    sections = [group_table.markdown()] if group_table else []
+    atomic_write_text(root / "report.md", to_markdown(columns, rows, sections))
     print_table(f"dsnn report: {root} ({len(rows)} runs; accuracies in %)", columns, rows)
     written += write_groups(root, group_table)
     if compare:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dsnn_cli.rundir import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from dsnn_cli.report.pictures import Curve, ExampleSet
 
 DPI = 100
 ACCURACY_SIZE_IN = (10.0, 5.5)
@@ -26,6 +24,31 @@ ACCURACY_SIZE_PX = (1000, 550)
 PANEL_IN = 2.0
 TITLE_BAND_IN = 0.5
 ATTACK_MARKERS = {"autoattack": "^", "apgd": "s", "pgd": "o", "paper": "x"}
+
+
+@dataclass
+class Curve:
+    """One line of report.png: accuracy against eps."""
+
+    label: str
+    family: str
+    kind: str  # "robust" or "certified"
+    attack: str
+    points: list[tuple[float, float]]
+
+
+@dataclass
+class ExampleSet:
+    """Adversarial examples of one run, attack and eps, as numpy arrays."""
+
+    run: str
+    attack: str
+    eps: str
+    classes: list[str]
+    images: Any  # (k, C, H, W) in [0, 1]
+    adversarial: Any
+    labels: Any  # (k,)
+    predicted: Any
 
 
 def adversarial_size_px(rows: int) -> tuple[int, int]:

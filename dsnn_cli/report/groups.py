@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsnn_cli.report.runs import RunRecord
-from dsnn_cli.report.tables import is_fraction
+from dsnn_cli.report.tables import is_fraction, markdown_lines
 from dsnn_cli.rundir import CONFIG
 
 # Config keys that do not change what a run measures: its seed and where/how it ran.
@@ -148,6 +148,16 @@ class GroupTable:
         if column not in self.metrics:
             return "-" if value is None else str(value)
         return format_stat(column, value, row["n"])
+
+    def markdown(self) -> str:
+        """The "by configuration" section of report.md, with its note."""
+        lines = ["", "## By configuration (mean ± sample std over seeds)", ""]
+        lines += markdown_lines(self.columns, self.rows, self.markdown_cell)
+        note = (
+            "By configuration: runs whose config.yaml differs only in seed (and trainer.device, "
+            "trainer.progress, hydra keys); n runs, std with n-1; '(k)' when only k of them have the value.\n"
+        )
+        return "\n".join(lines) + "\n\n" + note
 
     def csv_rows(self) -> tuple[list[str], list[dict[str, Any]]]:
         """Means under the metric's own name, sample std under std(<metric>)."""

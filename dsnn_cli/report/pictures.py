@@ -6,10 +6,9 @@ The drawing itself is in `dsnn_cli.report.figures`; this module picks the data.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from dsnn_cli.report.figures import Curve, ExampleSet
 from dsnn_cli.report.groups import Group
 from dsnn_cli.report.runs import (
     PAPER_ATTACK,
@@ -30,17 +29,6 @@ PICTURE_EXAMPLES = 4
 
 # More curves than this make report.png unreadable: one mean curve per configuration then.
 MAX_CURVES = 12
-
-
-@dataclass
-class Curve:
-    """One line of report.png: accuracy against eps."""
-
-    label: str
-    family: str
-    kind: str  # "robust" or "certified"
-    attack: str
-    points: list[tuple[float, float]]
 
 
 def run_curves(records: list[RunRecord], root: Path) -> list[list[Curve]]:
@@ -100,20 +88,6 @@ def write_accuracy_plot(root: Path, records: list[RunRecord], groups: list[Group
 
     plot_accuracy_curves(curves, path, title=f"dsnn report: {root.name or root}")
     return path
-
-
-@dataclass
-class ExampleSet:
-    """Adversarial examples of one run, attack and eps, as numpy arrays."""
-
-    run: str
-    attack: str
-    eps: str
-    classes: list[str]
-    images: Any  # (k, C, H, W) in [0, 1]
-    adversarial: Any
-    labels: Any  # (k,)
-    predicted: Any
 
 
 def examples_candidates(records: list[RunRecord]) -> list[tuple[RunRecord, str, Path]]:

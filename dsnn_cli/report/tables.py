@@ -5,13 +5,9 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dsnn_cli.report.runs import RunRecord, eps_key, robust_auc, run_name
-
-if TYPE_CHECKING:
-    from dsnn_cli.report.groups import GroupTable
-
 
 # Regression runs (flow maps, functions): error and the structure the model keeps.
 STRUCTURE_COLUMNS = ["test_mse", "rollout_mse", "invariant_drift", "det_jacobian_error"]
@@ -104,21 +100,14 @@ AUC_NOTE = (
 )
 
 
-def to_markdown(columns: list[str], rows: list[dict[str, Any]], groups: GroupTable | None = None) -> str:
+def to_markdown(columns: list[str], rows: list[dict[str, Any]], sections: list[str] = ()) -> str:
+    """The per-run table, its notes, then `sections` (Markdown written by the other tables)."""
     lines = markdown_lines(columns, rows)
-    if groups is not None:
-        lines += ["", "## By configuration (mean ± sample std over seeds)", ""]
-        lines += markdown_lines(groups.columns, groups.rows, groups.markdown_cell)
     note = (
         "\nAccuracies in %. robust[attack]@eps: empirical robust accuracy; "
         "certified@eps: margin > sqrt(2) L eps.\n" + AUC_NOTE + "\n"
     )
-    if groups is not None:
-        note += (
-            "By configuration: runs whose config.yaml differs only in seed (and trainer.device, "
-            "trainer.progress, hydra keys); n runs, std with n-1; '(k)' when only k of them have the value.\n"
-        )
-    return "\n".join(lines) + "\n" + note
+    return "\n".join(lines) + "\n" + note + "".join(sections)
 
 
 SHORT_NAMES = {
