@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dsnn_cli.commands.attack import attack_examples
+from dsnn_cli.commands.attack import evaluation_points
 from dsnn_cli.robustness.attacks import ATTACKS
 from dsnn_cli.training.checkpoint import load_model
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--apgd", action="store_true", help="also APGD (slow on a CPU: ~9x PGD per point)")
     args = parser.parse_args()
     model = load_model(args.run)
-    images, labels, _ = attack_examples(Path(args.run), {}, model.config["data_info"], args.n)
+    images, labels, _ = evaluation_points(Path(args.run), model.config["data_info"], args.n)
     print(f"run {args.run}: n={len(labels)}, eps={args.eps}, torch threads {torch.get_num_threads()}")
     reference = None
     for label, (name, settings) in {**VARIANTS, **(APGD if args.apgd else {})}.items():

@@ -10,7 +10,6 @@ errors; ``DSNN_DEBUG=1`` adds the traceback.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -118,22 +117,12 @@ COMMAND_ARGV_REWRITES = {"sweep": sweep_argv, "attack": attack_argv, "certify": 
 
 def refuse_finished_run_dir(overrides: list[str]) -> None:
     """Refuse `hydra.run.dir=DIR` when DIR holds a finished run, before Hydra writes into it."""
-    from dsnn_cli.errors import UsageError
+    from dsnn_cli.rundir import RunDir
 
     for item in overrides:
         key, _, value = item.partition("=")
-        if key.lstrip("+~") != "hydra.run.dir" or not value:
-            continue
-        summary = Path(value) / "summary.json"
-        try:
-            status = json.loads(summary.read_text()).get("status")
-        except (OSError, ValueError):
-            continue
-        if status == "done":
-            raise UsageError(
-                f"hydra.run.dir={value} already holds a finished run; "
-                "choose a new directory or leave hydra.run.dir unset"
-            )
+        if key.lstrip("+~") == "hydra.run.dir" and value:
+            RunDir(value).refuse_if_finished()
 
 
 def fail(message: str, code: int) -> int:

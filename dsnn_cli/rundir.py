@@ -100,7 +100,8 @@ class RunDir:
     def refuse_if_finished(self) -> None:
         if self.status() == "done":
             raise UsageError(
-                f"{self.path} already holds a finished run; choose a new hydra.run.dir or leave it unset"
+                f"hydra.run.dir={self.path} already holds a finished run; "
+                "choose a new directory or leave hydra.run.dir unset"
             )
 
     def start(self, config_yaml: str, seed: int, extra: dict[str, Any]) -> None:

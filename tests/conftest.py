@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,13 +23,6 @@ TINY = [
     "data.val_size=50",
     "model.widths=[4,8,8]",
 ]
-
-
-def compose_config(config_name: str, overrides: list[str] | None = None):
-    """Compose a config as the CLI would (without running it)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import attack_config
 from test_attacks import linear_problem
 
 import dsnn_cli
@@ -49,9 +50,11 @@ def test_autoattack_cascade_never_raises_accuracy(trained_run):
 
 
 def test_strong_cascade_beats_the_paper_protocol_on_a_trained_model(trained_lipschitz_run):
-    common = {"run": str(trained_lipschitz_run), "eps": [0.25, 0.5], "device": "cpu"}
-    strong = run_attack({**common, "attack": {"name": "apgd", "n_examples": 100, "steps": 30}})
-    weak = run_attack({**common, "attack": {"name": "paper", "n_examples": 100}})
+    run, eps = str(trained_lipschitz_run), [0.25, 0.5]
+    strong = run_attack(
+        attack_config(run, eps, {"name": "apgd", "n_examples": 100, "steps": 30}, device="cpu")
+    )
+    weak = run_attack(attack_config(run, eps, {"name": "paper", "n_examples": 100}, device="cpu"))
     for s, w in zip(strong["results"], weak["results"], strict=True):
         assert s["robust"] <= w["robust"]
         assert s["certified"] <= s["robust"] <= s["clean"]
@@ -62,9 +65,9 @@ def test_strong_cascade_beats_the_paper_protocol_on_a_trained_model(trained_lips
 def test_default_pgd_is_not_improved_much_by_doubling_steps_or_restarts(trained_lipschitz_run):
     """The strength criterion of benchmarks/bench_attack_strength.py on the synthetic run."""
     model = dsnn_cli.load_model(trained_lipschitz_run)
-    from dsnn_cli.commands.attack import attack_examples
+    from dsnn_cli.commands.attack import evaluation_points
 
-    x, y, _ = attack_examples(trained_lipschitz_run, {}, model.config["data_info"], None)
+    x, y, _ = evaluation_points(trained_lipschitz_run, model.config["data_info"])
     base = float(ATTACKS["pgd"](model, x, y, 0.5).robust.float().mean())
     for settings in ({"steps": 100}, {"restarts": 2}):
         stronger = float(ATTACKS["pgd"](model, x, y, 0.5, **settings).robust.float().mean())

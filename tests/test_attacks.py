@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import attack_config
 from torch import nn
 
 import dsnn_cli
@@ -94,7 +95,7 @@ def test_projection_keeps_ball_and_box():
 
 def test_attack_file_on_a_certified_run(trained_lipschitz_run):
     record = run_attack(
-        {"run": str(trained_lipschitz_run), "eps": [0.0, 0.1, 0.5], "attack": SMOKE_ATTACK, "device": "cpu"}
+        attack_config(str(trained_lipschitz_run), [0.0, 0.1, 0.5], SMOKE_ATTACK, device="cpu")
     )
     path = trained_lipschitz_run / "attack-pgd.json"
     on_disk = json.loads(path.read_text())
@@ -108,14 +109,14 @@ def test_attack_file_on_a_certified_run(trained_lipschitz_run):
         dsnn_cli.lipschitz_bound(dsnn_cli.load_model(trained_lipschitz_run))
     )
     # a repeat with the same settings merges eps values; the file is replaced, not appended
-    run_attack({"run": str(trained_lipschitz_run), "eps": 0.3, "attack": SMOKE_ATTACK, "device": "cpu"})
+    run_attack(attack_config(str(trained_lipschitz_run), 0.3, SMOKE_ATTACK, device="cpu"))
     merged = json.loads(path.read_text())["results"]
     assert [r["eps"] for r in merged] == [0.0, 0.1, 0.3, 0.5]
     assert not list(trained_lipschitz_run.glob(".attack-pgd.json.*"))  # no temporary files left
 
 
 def test_uncertified_run_has_null_certified(trained_run):
-    record = run_attack({"run": str(trained_run), "eps": [0.1], "attack": SMOKE_ATTACK, "device": "cpu"})
+    record = run_attack(attack_config(str(trained_run), [0.1], SMOKE_ATTACK, device="cpu"))
     assert record["lipschitz_bound"] is None and record["results"][0]["certified"] is None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import data_config
 from torchvision.io import encode_jpeg, encode_png, write_file
 
 from dsnn_cli.data.images import augment_batch
@@ -27,16 +28,9 @@ def test_stratified_subset_is_balanced_nested_and_seeded():
 
 
 def test_val_train_test_are_disjoint_and_sized():
-    cfg = {
-        "name": "synthetic",
-        "n_train": 300,
-        "n_test": 100,
-        "image_size": 8,
-        "val_size": 50,
-        "limit_train": 120,
-        "limit_test": 40,
-        "subset_seed": 0,
-    }
+    cfg = data_config(
+        "synthetic", n_train=300, n_test=100, image_size=8, val_size=50, limit_train=120, limit_test=40
+    )
     data = load_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (120, 50, 40)
     assert torch.bincount(data.val.targets).tolist() == [5] * 10
@@ -57,7 +51,7 @@ def test_augmentation_is_a_crop_or_flip_of_the_padded_image():
 
 
 def test_batches_cover_the_split_once_in_float():
-    cfg = {"name": "synthetic", "n_train": 64, "n_test": 10, "image_size": 8, "val_size": 0}
+    cfg = data_config("synthetic", n_train=64, n_test=10, image_size=8, val_size=0)
     split = load_data(cfg).train
     seen = [y for _, y in batches(split, 10, shuffle=True, generator=torch.Generator().manual_seed(0))]
     x, _ = next(batches(split, 10))
@@ -77,7 +71,7 @@ def test_imagefolder_reads_jpeg_and_png(tmp_path):
                     write_file(str(folder / f"{i}.jpg"), encode_jpeg(image, quality=100))
                 else:
                     write_file(str(folder / f"{i}.png"), encode_png(image))
-    data = load_data({"name": "imagefolder", "root": str(tmp_path), "val_size": 2, "limit_test": 4})
+    data = load_data(data_config("imagefolder", root=str(tmp_path), val_size=2, limit_test=4))
     assert data.classes == ["cat", "dog"]
     assert (len(data.train), len(data.val), len(data.test)) == (10, 2, 4)
     assert data.test.inputs.shape[1:] == (3, 8, 8)
@@ -85,6 +79,6 @@ def test_imagefolder_reads_jpeg_and_png(tmp_path):
 
 def test_missing_data_root_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no train/ folder"):
-        load_data({"name": "imagefolder", "root": str(tmp_path / "missing")})
+        load_data(data_config("imagefolder", root=str(tmp_path / "missing")))
     with pytest.raises(UsageError, match="unknown data 'mnist'"):
-        load_data({"name": "mnist"})
+        load_data({**data_config("synthetic"), "name": "mnist"})

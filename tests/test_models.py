@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import measured_lipschitz
+from helpers import measured_lipschitz, model_config
 
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import build_activation
@@ -40,27 +40,28 @@ CERTIFIED = [
 ]
 
 
+# The settings every family's tests share, where the family's YAML has the key.
+SHARED = {
+    "widths": [3, 4],
+    "width": None,
+    "steps": 2,
+    "substeps": 2,
+    "kernel_size": 3,
+    "activation": {"name": "leaky_relu", "alpha": 0.5},
+    "integrator": {"name": "euler"},
+    "h": 1.0,
+    "h_contractive": 1.0,
+    "h_expansive": None,
+    "contractive": "orthogonal",
+    "h_contractive_range": [0.5, 2.0],
+    "expansive_fraction": 0.9,
+    "ortho_penalty": 0.01,
+}
+
+
 def model_cfg(name: str, **overrides) -> dict:
-    cfg = {
-        "name": name,
-        "widths": [3, 4],
-        "width": None,
-        "steps": 2,
-        "substeps": 2,
-        "kernel_size": 3,
-        "activation": {"name": "leaky_relu", "alpha": 0.5},
-        "normalize": None,
-        "integrator": {"name": "euler"},
-        "h": 1.0,
-        "h_contractive": 1.0,
-        "h_expansive": None,
-        "contractive": "orthogonal",
-        "h_contractive_range": [0.5, 2.0],
-        "expansive_fraction": 0.9,
-        "ortho_penalty": 0.01,
-    }
-    cfg.update(overrides)
-    return cfg
+    defaults = model_config(name)
+    return {**defaults, **{k: v for k, v in SHARED.items() if k in defaults}, **overrides}
 
 
 def randomize_biases(model: torch.nn.Module, scale: float = 0.5) -> None:

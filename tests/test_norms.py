@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import power_iteration
 
-from dsnn_cli.models.norms import conv_norm_bound, matrix_norm_bound, power_iteration
+from dsnn_cli.models.norms import conv_norm_bound, matrix_norm_bound
 
 # Observed ratio bound / exact on these small inputs is below 1.25 (the torus adds only
 # boundary frequencies); the bound is stated to stay within this factor.

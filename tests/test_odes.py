@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from helpers import divergence
 
-from dsnn_cli.data.odes import SYSTEMS, ODESystem, divergence, flow_map, function_target, trajectory
+from dsnn_cli.data.odes import SYSTEMS, ODESystem, flow_map, function_target, trajectory
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.integrators import rk4_step
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import model_config
 
 from dsnn_cli.data.containers import Split
 from dsnn_cli.models.activations import build_activation
@@ -21,17 +22,8 @@ TANH = build_activation("tanh")
 
 
 def vector_cfg(name: str, integrator: str, **extra) -> dict:
-    cfg = {
-        "name": name,
-        "width": None,
-        "steps": 3,
-        "substeps": 2,
-        "h": 0.5,
-        "activation": {"name": "tanh"},
-        "integrator": {"name": integrator},
-    }
-    cfg.update(extra)
-    return cfg
+    shared = {"width": None, "steps": 3, "substeps": 2, "h": 0.5, "activation": {"name": "tanh"}}
+    return model_config(name, **{**shared, "integrator": {"name": integrator}, **extra})
 
 
 def randomize(model: torch.nn.Module, scale: float = 1.0) -> None:
@@ -58,17 +50,17 @@ def test_volume_network_has_unit_jacobian_determinant(integrator, dim):
 
 @pytest.mark.parametrize("integrator", ["strang", "lie_trotter"])
 def test_volume_step_on_images_has_unit_jacobian_determinant(integrator):
-    cfg = {
-        "name": "volume",
-        "widths": [4],
-        "steps": 2,
-        "substeps": 1,
-        "h": 0.7,
-        "kernel_size": 3,
-        "activation": {"name": "tanh"},
-        "integrator": {"name": integrator},
-        "normalize": "none",
-    }
+    cfg = model_config(
+        "volume",
+        widths=[4],
+        steps=2,
+        substeps=1,
+        h=0.7,
+        kernel_size=3,
+        activation={"name": "tanh"},
+        integrator={"name": integrator},
+        normalize="none",
+    )
     info = {
         "kind": "image",
         "in_channels": 3,

@@ -20,8 +20,11 @@ import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import attack_examples, mean, plain
+from dsnn_cli.commands.common import evaluation_points, mean
+from dsnn_cli.config import to_plain
+from dsnn_cli.devices import resolve_device
 from dsnn_cli.errors import DsnnError
+from dsnn_cli.models.networks import certificate_note
 from dsnn_cli.progress import console, progress_bar
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
 from dsnn_cli.robustness.certificates import (
@@ -35,7 +38,6 @@ from dsnn_cli.robustness.certificates import (
 )
 from dsnn_cli.rundir import atomic_write_json, read_json
 from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from dsnn_cli.training.loop import resolve_device
 
 log = logging.getLogger("dsnn.attack")
 
@@ -49,15 +51,16 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = Path(str(cfg["run"])).expanduser()
     eps_list = parse_eps(cfg["eps"])
-    attack_cfg = plain(cfg["attack"])
+    attack_cfg = dict(to_plain(cfg["attack"]))
     settings = attack_settings(attack_cfg)
     attack = build_attack(attack_cfg)
     checkpoint = find_checkpoint(run_dir)
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(cfg["device"]))
     model.to(device)
-    images, labels, indices = attack_examples(
-        run_dir, cfg, model.config["data_info"], attack_cfg.get("n_examples")
+    data_info = model.config["data_info"]
+    images, labels, indices = evaluation_points(
+        run_dir, data_info, attack_cfg["n_examples"], cfg["data_root"]
     )
     images, labels = images.to(device), labels.to(device)
     bound = lipschitz_bound(model)
@@ -75,7 +78,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     )
     results = []
     examples: dict[str, dict[str, torch.Tensor]] = {}
-    with progress_bar(cfg.get("progress")) as bar:
+    with progress_bar(cfg["progress"]) as bar:
         task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
         for eps in eps_list:
             outcome = attack(model, images, labels, eps)
@@ -99,10 +102,10 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "attack": attack_cfg["name"],
         "settings": settings,
         "n": int(len(labels)),
-        "n_examples": attack_cfg.get("n_examples"),
+        "n_examples": attack_cfg["n_examples"],
         "indices": indices.tolist(),  # test-split indices of the points, in robust_mask order
         "lipschitz_bound": bound,
-        "certificate_note": certificate_note(model),
+        "certificate_note": certificate_note(model.certificate()),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
@@ -143,16 +146,6 @@ def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] |
     buffer = io.BytesIO()
     torch.save({"classes": list(classes or []), "examples": examples}, buffer)
     atomic_write_bytes(examples_path(run_dir, name), buffer.getvalue())
-
-
-def certificate_note(model) -> str:
-    """Why a model has (or lacks) a certificate, in words for the table."""
-    info = model.certificate()
-    if info["certified"]:
-        return f"model={info['family']}: {info['variant']}, declared bound {info['declared_bound']:.6g}"
-    soft = info["family"] == "naive" or model.config["model"].get("contractive") == "penalty"
-    reason = "soft orthogonality penalty, no proven bound" if soft else f"preserves {info['preserves']}"
-    return f"model={info['family']}: {reason}"
 
 
 def check_certificates(reference, outcome, certified: torch.Tensor, labels: torch.Tensor, eps: float) -> None:

@@ -14,7 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import attack_examples, mean
+from dsnn_cli.commands.common import evaluation_points, mean
+from dsnn_cli.devices import resolve_device
 from dsnn_cli.progress import console
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
@@ -27,7 +28,6 @@ from dsnn_cli.robustness.certificates import (
 )
 from dsnn_cli.rundir import atomic_write_json
 from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-from dsnn_cli.training.loop import resolve_device
 
 
 def run_certify(cfg) -> dict[str, Any]:
@@ -37,12 +37,13 @@ def run_certify(cfg) -> dict[str, Any]:
     eps_list = parse_eps(cfg["eps"])
     checkpoint = find_checkpoint(run_dir)
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    images, labels, _ = attack_examples(
-        run_dir, cfg, model.config["data_info"], cfg.get("n_examples"), full_test_set=True
+    data_info = model.config["data_info"]
+    images, labels, _ = evaluation_points(
+        run_dir, data_info, cfg["n_examples"], cfg["data_root"], full_test_set=True
     )
     bound = lipschitz_bound(model)
-    device = resolve_device(str(cfg.get("device", "auto")))
-    logits = float64_logits(float64_copy(model), images.split(int(cfg.get("batch_size", 500))), device)
+    device = resolve_device(str(cfg["device"]))
+    logits = float64_logits(float64_copy(model), images.split(int(cfg["batch_size"])), device)
     margins = logit_margins(logits, labels)
     correct = logits.argmax(1) == labels
     certified = certified_accuracy(margins, bound, eps_list, correct)

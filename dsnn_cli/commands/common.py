@@ -7,18 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from dsnn_cli.config import to_plain
 from dsnn_cli.data.loading import load_data
 from dsnn_cli.data.subsets import stratified_subset
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.rundir import CONFIG
 
 
-def attack_examples(
-    run_dir: Path, cfg, data_info: Mapping[str, Any], n: int | None = None, full_test_set: bool = False
+def evaluation_points(
+    run_dir: Path,
+    data_info: Mapping[str, Any],
+    n: int | None = None,
+    data_root: str | None = None,
+    full_test_set: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The run's test images (its own data config), a class-stratified subset of n of them.
+    """The run's test images (its own data config, read from `data_root` if given), a
+    class-stratified subset of n of them (all with `full_test_set`, not the run's limit_test).
 
     Returns images in [0, 1], labels, and the points' indices in the run's test split (the
     subsets are nested in n, so attacks with different n_examples share their first points).
@@ -26,13 +32,13 @@ def attack_examples(
     config_path = run_dir / CONFIG
     if not config_path.is_file():
         raise UsageError(f"run={run_dir} has no {CONFIG}; it was not written by dsnn train")
-    data_cfg = plain(OmegaConf.load(config_path).data)
+    data_cfg = dict(to_plain(OmegaConf.load(config_path).data))
     if data_info.get("kind", "image") != "image":
         raise UsageError(
             f"run={run_dir} was trained on data={data_cfg['name']}, not on images: nothing to attack"
         )
-    if cfg.get("data_root"):
-        data_cfg["root"] = str(cfg["data_root"])
+    if data_root:
+        data_cfg["root"] = str(data_root)
     if full_test_set:
         data_cfg["limit_test"] = None
     data = load_data(data_cfg, with_train=False)
@@ -40,28 +46,10 @@ def attack_examples(
         raise DsnnError(
             f"the test data has {len(data.classes)} classes, the model {data_info['num_classes']}"
         )
-    idx = stratified_subset(
-        data.test.targets, None if n is None else int(n), int(data_cfg.get("subset_seed", 0))
-    )
+    idx = stratified_subset(data.test.targets, None if n is None else int(n), int(data_cfg["subset_seed"]))
     split = data.test.subset(idx)
     return split.inputs.float().div(255.0), split.targets, idx
 
 
-def certificate_note(model) -> str:
-    """Why a model has (or lacks) a certificate, in words for the table."""
-    info = model.certificate()
-    if info["certified"]:
-        return f"model={info['family']}: {info['variant']}, declared bound {info['declared_bound']:.6g}"
-    soft = info["family"] == "naive" or model.config["model"].get("contractive") == "penalty"
-    reason = "soft orthogonality penalty, no proven bound" if soft else f"preserves {info['preserves']}"
-    return f"model={info['family']}: {reason}"
-
-
 def mean(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else 0.0
-
-
-def plain(node) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    return dict(node)

@@ -15,38 +15,37 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.errors import describe
+from dsnn_cli.config import to_plain
+from dsnn_cli.errors import UsageError, describe
 from dsnn_cli.rundir import RunDir, read_json
 
 log = logging.getLogger("dsnn.sweep")
 
 
 def attack_preset(name: str) -> dict[str, Any]:
-    """The settings of `conf/attack/<name>.yaml`, for the extra attacks of a sweep."""
-    from importlib.resources import files
+    """The attack group's option `name` as Hydra composes it, for the extra attacks of a sweep."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
-    from omegaconf import OmegaConf
+    def composed() -> dict[str, Any]:
+        return to_plain(compose(overrides=[f"+attack={name}"]).attack)
 
-    from dsnn_cli.errors import UsageError
-
-    path = files("dsnn_cli.conf").joinpath("attack", f"{name}.yaml")
-    if not path.is_file():
-        valid = sorted(
-            p.name[: -len(".yaml")]
-            for p in files("dsnn_cli.conf").joinpath("attack").iterdir()
-            if p.name.endswith(".yaml")
-        )
-        raise UsageError(f"sweep.extra_attacks: unknown attack '{name}' (valid: {', '.join(valid)})")
-    return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)  # type: ignore[return-value]
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside the sweep's own Hydra app
+            return composed()
+        with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
+            return composed()
+    except MissingConfigException as exc:
+        valid = ", ".join(sorted(exc.options or []))
+        raise UsageError(f"sweep.extra_attacks: unknown attack '{name}' (valid: {valid})") from None
 
 
 def sweep_attacks(cfg: DictConfig) -> list[dict[str, Any]]:
     """The attack group's settings, then every `sweep.extra_attacks` preset (e.g. the paper's)."""
-    from omegaconf import OmegaConf
-
-    attacks = [] if cfg.attack.name == "none" else [OmegaConf.to_container(cfg.attack, resolve=True)]
-    overrides = dict(cfg.sweep.get("extra_attack_overrides") or {})
-    for name in cfg.sweep.get("extra_attacks") or []:
+    attacks = [] if cfg.attack.name == "none" else [to_plain(cfg.attack)]
+    overrides = dict(cfg.sweep["extra_attack_overrides"] or {})
+    for name in cfg.sweep["extra_attacks"] or []:
         preset = attack_preset(str(name))
         attacks.append({**preset, **{k: v for k, v in overrides.items() if k in preset}})
     return attacks
@@ -88,7 +87,8 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
                     "eps": cfg.sweep.eps,
                     "attack": attack,
                     "device": cfg.trainer.device,
-                    "progress": cfg.trainer.get("progress"),
+                    "progress": cfg.trainer.progress,
+                    "data_root": None,
                 }
             )
     except Exception as exc:  # noqa: BLE001 - one failed job must not stop the sweep

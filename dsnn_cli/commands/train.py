@@ -13,9 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.commands import guarded
+from dsnn_cli.config import to_plain
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, load_data
+from dsnn_cli.devices import memory_format, resolve_device
 from dsnn_cli.errors import UsageError, describe
+from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
 from dsnn_cli.progress import console
 from dsnn_cli.robustness.certificates import (
@@ -29,7 +32,7 @@ from dsnn_cli.robustness.certificates import (
 from dsnn_cli.robustness.structure import flow_map_metrics
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
-from dsnn_cli.training.loop import check_training_config, fit, memory_format, predict, resolve_device
+from dsnn_cli.training.loop import check_training_config, fit
 
 log = logging.getLogger("dsnn.train")
 
@@ -47,13 +50,13 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     certify_eps = parse_eps(cfg.certify.eps)
     check_model_config(cfg.model)
     check_training_config(cfg)
-    init_from = Path(str(cfg.trainer.init_from)).expanduser() if cfg.trainer.get("init_from") else None
+    init_from = Path(str(cfg.trainer.init_from)).expanduser() if cfg.trainer["init_from"] else None
     if init_from and not init_from.is_dir():
         raise UsageError(
             f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
         )
     device = resolve_device(str(cfg.trainer.device))
-    if cfg.trainer.get("threads"):
+    if cfg.trainer["threads"]:
         torch.set_num_threads(int(cfg.trainer.threads))
     torch.manual_seed(int(cfg.seed))
     data = load_data(cfg.data)
@@ -79,7 +82,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     )
     try:
         state = fit(model, data, cfg, run, device)
-        chosen = choose_checkpoint(run, str(cfg.trainer.get("select", "best")))
+        chosen = choose_checkpoint(run, str(cfg.trainer["select"]))
         payload = load_checkpoint(chosen)
         model.load_state_dict(payload["state_dict"])
         model.eval()
@@ -134,14 +137,11 @@ def matching_run(source: Path, cfg: DictConfig) -> Path:
         return source
     if not source.is_dir():
         raise UsageError(f"trainer.init_from={source} is not a run or sweep directory")
-    wanted = (OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True))
+    wanted = (to_plain(cfg.model), to_plain(cfg.loss))
     matches = []
     for config_path in sorted(source.glob("*/config.yaml")):
         other = OmegaConf.load(config_path)
-        same = (
-            OmegaConf.to_container(other.model, resolve=True),
-            OmegaConf.to_container(other.loss, resolve=True),
-        )
+        same = (to_plain(other.model), to_plain(other.loss))
         if same == wanted and RunDir(config_path.parent).status() == "done":
             matches.append(config_path.parent)
     if len(matches) != 1:
@@ -155,7 +155,8 @@ def matching_run(source: Path, cfg: DictConfig) -> Path:
 def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:
     """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
     fmt = memory_format(cfg.trainer) if isinstance(data, ImageData) else torch.contiguous_format
-    outputs = predict(model, data.test.to(device), int(cfg.trainer.eval_batch_size), fmt)
+    batch = int(cfg.trainer.eval_batch_size)
+    outputs = predict(model, (x for x, _ in batches(data.test, batch)), device=device, memory_format=fmt)
     targets = data.test.targets
     bound = lipschitz_bound(model)
     if isinstance(data, VectorData):
@@ -169,7 +170,6 @@ def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:
     correct = outputs.argmax(1) == targets
     certified = None
     if bound is not None:  # margins of a float64 copy: rounding cannot fake a certificate
-        batch = int(cfg.trainer.eval_batch_size)
         logits = float64_logits(float64_copy(model), (x for x, _ in batches(data.test, batch)), device)
         certified = certified_accuracy(logit_margins(logits, targets), bound, certify_eps, correct)
     return {"test_acc": float(correct.float().mean()), "lipschitz_bound": bound, "certified": certified}

@@ -17,7 +17,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
 
 def resolve_root(cfg: Mapping[str, Any]) -> Path:
-    root = cfg.get("root")
+    root = cfg["root"]
     if not root:
         raise UsageError(f"data={cfg['name']} needs data.root=PATH")
     return Path(os.path.expanduser(str(root))).resolve()
@@ -26,22 +26,22 @@ def resolve_root(cfg: Mapping[str, Any]) -> Path:
 @DATASETS.register("synthetic")
 def synthetic(cfg: Mapping[str, Any], with_train: bool) -> Source:
     """Class prototypes (smooth random patterns) plus pixel noise: learnable in seconds."""
-    classes = int(cfg.get("num_classes", 10))
-    size = int(cfg.get("image_size", 32))
-    channels = int(cfg.get("channels", 3))
-    generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    classes = int(cfg["num_classes"])
+    size = int(cfg["image_size"])
+    channels = int(cfg["channels"])
+    generator = torch.Generator().manual_seed(int(cfg["seed"]))
     coarse = torch.rand(classes, channels, 4, 4, generator=generator)
     prototypes = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
     prototypes = 0.2 + 0.6 * prototypes
 
     def draw(n: int) -> LazySplit:
         labels = torch.arange(n) % classes
-        noise = float(cfg.get("noise", 0.15)) * torch.randn(n, channels, size, size, generator=generator)
+        noise = float(cfg["noise"]) * torch.randn(n, channels, size, size, generator=generator)
         images = (prototypes[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
         return LazySplit(labels, lambda idx: images[idx])
 
-    train = draw(int(cfg.get("n_train", 1000)))
-    test = draw(int(cfg.get("n_test", 500)))
+    train = draw(int(cfg["n_train"]))
+    test = draw(int(cfg["n_test"]))
     return Source(train if with_train else None, test, [f"class{c}" for c in range(classes)])
 
 
@@ -124,13 +124,13 @@ def open_or_download(cls, root: Path, train: bool, cfg: Mapping[str, Any], prett
         return cls(root=str(root), train=train, download=False)
     except RuntimeError:
         pass
-    if not cfg.get("download", True):
+    if not cfg["download"]:
         raise UsageError(
             f"{pretty} not found in data.root={root}; set data.download=true, or point at a "
             "local copy with data=imagefolder data.root=PATH"
         )
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(float(cfg.get("download_timeout", 60)))
+    socket.setdefaulttimeout(float(cfg["download_timeout"]))
     try:
         return cls(root=str(root), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - urllib, socket and checksum errors alike

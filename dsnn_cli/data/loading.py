@@ -13,9 +13,8 @@ import torch
 
 from dsnn_cli.data.containers import DATASETS, ImageData, Split, VectorData, VectorSource
 from dsnn_cli.data.images import augment_batch
-from dsnn_cli.data.subsets import complement, stratified_subset
+from dsnn_cli.data.subsets import split_validation, stratified_subset
 from dsnn_cli.data.vectors import vector_data
-from dsnn_cli.errors import UsageError
 
 
 def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:
@@ -28,21 +27,13 @@ def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | Ve
     source = DATASETS[cfg["name"]](cfg, with_train)
     if isinstance(source, VectorSource):
         return vector_data(source, cfg)
-    seed = int(cfg.get("subset_seed", 0))
-    test = source.test.take(stratified_subset(source.test.labels, cfg.get("limit_test"), seed))
+    seed = int(cfg["subset_seed"])
+    test = source.test.take(stratified_subset(source.test.labels, cfg["limit_test"], seed))
     train = val = None
     if with_train:
         assert source.train is not None
-        labels = source.train.labels
-        val_size = int(cfg.get("val_size") or 0)
-        if val_size >= len(labels):
-            raise UsageError(
-                f"data.val_size={val_size} leaves no training images (the training set has "
-                f"{len(labels)}); lower data.val_size"
-            )
-        val_idx = stratified_subset(labels, val_size, seed) if val_size else torch.empty(0, dtype=torch.long)
-        rest = complement(len(labels), val_idx)
-        train_idx = rest[stratified_subset(labels[rest], cfg.get("limit_train"), seed + 1)]
+        val_size = int(cfg["val_size"] or 0)
+        train_idx, val_idx = split_validation(source.train.labels, val_size, cfg["limit_train"], seed)
         train = source.train.take(train_idx)
         val = source.train.take(val_idx) if val_size else None
     mean, std = channel_statistics(cfg, train if train is not None else test)
@@ -51,7 +42,7 @@ def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | Ve
 
 def channel_statistics(cfg: Mapping[str, Any], split: Split) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0,1] units: from the config, or measured on the split."""
-    if cfg.get("mean") is not None and cfg.get("std") is not None:
+    if cfg["mean"] is not None and cfg["std"] is not None:
         return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
     pixels = split.inputs.double().div(255.0).transpose(0, 1).flatten(1)
     return pixels.mean(dim=1).tolist(), pixels.std(dim=1).clamp_min(1e-3).tolist()

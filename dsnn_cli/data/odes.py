@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dsnn_cli.models.integrators import Field, rk4_step
+from dsnn_cli.models.integrators import rk4_step
 from dsnn_cli.registry import Registry
 
 # Relative slack when turning t / max_step into a step count, so that quotients such as
@@ -221,22 +221,3 @@ def trajectory(system: ODESystem, x0: Tensor, step: float, n_steps: int, max_ste
 def function_target(x: Tensor) -> Tensor:
     """The 1-D regression target f(x) = |x| + sin x + x^2 (non-smooth at 0 on purpose)."""
     return x.abs() + torch.sin(x) + x**2
-
-
-def divergence(f: Field, x: Tensor) -> Tensor:
-    """Divergence of the vector field f at points x (N, dim), by autograd.
-
-    Exact up to rounding (no finite differences), so a divergence-free claim can be checked
-    to near machine precision. Rows must be independent under f (true for every field here).
-
-    Returns:
-        Detached tensor (N,) of the Jacobian traces.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        y = f(x)
-        total = torch.zeros(x.shape[0], dtype=x.dtype)
-        for i in range(x.shape[1]):
-            (grad,) = torch.autograd.grad(y[:, i].sum(), x, retain_graph=i + 1 < x.shape[1])
-            total = total + grad[:, i]
-    return total

@@ -43,3 +43,22 @@ def complement(total: int, indices: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(total, dtype=torch.bool)
     keep[indices] = False
     return keep.nonzero().squeeze(1)
+
+
+def split_validation(
+    labels: torch.Tensor, val_size: int, limit_train: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices into a training set: `val_size` points for validation, then a
+    `limit_train` subset of the rest, both class-stratified (labels all 0 for regression).
+
+    Raises:
+        UsageError: `val_size` leaves no training points.
+    """
+    if val_size >= len(labels):
+        raise UsageError(
+            f"data.val_size={val_size} leaves no training points (the training set has {len(labels)}); "
+            "lower data.val_size"
+        )
+    val_idx = stratified_subset(labels, val_size, seed) if val_size else torch.empty(0, dtype=torch.long)
+    rest = complement(len(labels), val_idx)
+    return rest[stratified_subset(labels[rest], limit_train, seed + 1)], val_idx

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from dsnn_cli.data.containers import DATASETS, Split, VectorData, VectorSource
-from dsnn_cli.data.subsets import complement, stratified_subset
-from dsnn_cli.errors import UsageError
+from dsnn_cli.data.subsets import split_validation, stratified_subset
 
 
 def flow_map_data(system_name: str) -> Callable[[Mapping[str, Any], bool], VectorSource]:
@@ -19,15 +18,15 @@ def flow_map_data(system_name: str) -> Callable[[Mapping[str, Any], bool], Vecto
         from dsnn_cli.data.odes import SYSTEMS, flow_map
 
         system = SYSTEMS[system_name]
-        dt = float(cfg.get("dt", 0.1))
-        generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+        dt = float(cfg["dt"])
+        generator = torch.Generator().manual_seed(int(cfg["seed"]))
 
         def pairs(n: int) -> Split:
             y0 = system.sample(n, generator)
             return Split(y0, flow_map(system, y0, dt))
 
-        train, test = pairs(int(cfg.get("n_train", 2000))), pairs(int(cfg.get("n_test", 500)))
-        info = {"system": system_name, "dt": dt, "rollout_steps": int(cfg.get("rollout_steps", 0))}
+        train, test = pairs(int(cfg["n_train"])), pairs(int(cfg["n_test"]))
+        info = {"system": system_name, "dt": dt, "rollout_steps": int(cfg["rollout_steps"])}
         return VectorSource(train, test, info)
 
     return load
@@ -38,14 +37,14 @@ def function_regression(cfg: Mapping[str, Any], with_train: bool) -> VectorSourc
     """x uniform on [lo, hi], y = |x| + sin x + x^2: a non-smooth scalar regression."""
     from dsnn_cli.data.odes import function_target
 
-    lo, hi = (float(v) for v in cfg.get("interval", [-2.0, 2.0]))
-    generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    lo, hi = (float(v) for v in cfg["interval"])
+    generator = torch.Generator().manual_seed(int(cfg["seed"]))
 
     def pairs(n: int) -> Split:
         x = lo + (hi - lo) * torch.rand(n, 1, generator=generator, dtype=torch.float64)
         return Split(x, function_target(x))
 
-    train, test = pairs(int(cfg.get("n_train", 2000))), pairs(int(cfg.get("n_test", 500)))
+    train, test = pairs(int(cfg["n_train"])), pairs(int(cfg["n_test"]))
     return VectorSource(train, test, {"system": None, "dt": None, "rollout_steps": 0})
 
 
@@ -55,15 +54,11 @@ for _system in ("sir", "skew", "abc", "cubic"):
 
 def vector_data(source: VectorSource, cfg: Mapping[str, Any]) -> VectorData:
     """Random (nested, seeded) validation and limit subsets of regression pairs, as float32."""
-    seed = int(cfg.get("subset_seed", 0))
+    seed = int(cfg["subset_seed"])
+    val_size = int(cfg["val_size"] or 0)
     unlabeled = torch.zeros(len(source.train), dtype=torch.long)
-    val_size = int(cfg.get("val_size") or 0)
-    if val_size >= len(source.train):
-        raise UsageError(f"data.val_size={val_size} leaves no training pairs (there are {len(source.train)})")
-    val_idx = stratified_subset(unlabeled, val_size, seed) if val_size else torch.empty(0, dtype=torch.long)
-    rest = complement(len(source.train), val_idx)
-    train_idx = rest[stratified_subset(unlabeled[rest], cfg.get("limit_train"), seed + 1)]
-    test_idx = stratified_subset(torch.zeros(len(source.test), dtype=torch.long), cfg.get("limit_test"), seed)
+    train_idx, val_idx = split_validation(unlabeled, val_size, cfg["limit_train"], seed)
+    test_idx = stratified_subset(torch.zeros(len(source.test), dtype=torch.long), cfg["limit_test"], seed)
 
     def as_float(split: Split) -> Split:
         return Split(split.inputs.float(), split.targets.float())

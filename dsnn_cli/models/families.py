@@ -1,8 +1,9 @@
-"""Model families by name: their vector fields, admitted integrators and step-size rules.
+"""Model families by name: each registration is the one place that states a family's facts.
 
-Every family declares the integrators it admits (others are refused with a one-line
-error), the spaces it works on (image feature maps, low-dimensional vectors), whether a
-config of it carries a Lipschitz certificate, and the structure it preserves.
+A family declares, with keyword fields, its vector fields, the kind of integrator it takes
+(the admitted integrators are derived from it), what a config of it proves (a Lipschitz
+certificate and which, or none), the structure it preserves, and the step-size rules
+that keep the claim true. Nothing outside this module tests a family's name.
 """
 
 from __future__ import annotations
@@ -16,26 +17,17 @@ from torch import nn
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import Activation
 from dsnn_cli.models.fields import (
-    GRADIENT_OPERATORS,
+    CONTRACTIVE_OPERATORS,
     ExpansiveField,
     GradientField,
     MassField,
     NaiveField,
     ResNetField,
 )
-from dsnn_cli.models.integrators import Integrator
+from dsnn_cli.models.integrators import INTEGRATORS, Integrator
 from dsnn_cli.models.layers import GradientFlow, Shear, SphereFlow, SplitStep, Step, equal_fractions
 from dsnn_cli.models.step_sizes import BoundedStepSize, IntervalStepSize, largest_expansive_step
 from dsnn_cli.registry import Registry
-
-RUNGE_KUTTA = ("euler", "heun", "rk4")
-SPLITTINGS = ("strang", "lie_trotter")
-# Configs written before orthogonal operators existed have no model.contractive: they used ||A|| <= 1.
-LEGACY_CONTRACTIVE = "spectral"
-
-
-def contractive_kind(cfg: Mapping[str, Any]) -> str:
-    return str(cfg.get("contractive") or LEGACY_CONTRACTIVE)
 
 
 @dataclass(frozen=True)
@@ -51,42 +43,82 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What a configured family proves: a Lipschitz certificate (and which), or why there is none."""
+
+    certified: bool
+    wording: str
+
+
+@dataclass(frozen=True)
 class Family:
-    """A model family and the facts tests and configs check about it."""
+    """A model family: the one place that declares its fields, integrators, certificate and invariant.
+
+    Attributes:
+        name: the `model=` option.
+        fields: the vector fields (or sub-flows) its dynamic layers integrate.
+        make_steps: builds the dynamic layers of one block.
+        integrator_kind: the kind of integrator its layers take ("runge_kutta" or "splitting").
+        preserves: the property kept by construction, in words.
+        claim: what a config of the family proves (None: no certificate, it preserves `preserves`).
+        validate: refuses configs outside the region where the claim holds.
+        euler_only: its layers are defined as explicit Euler steps (their proven factors are
+            Euler factors), so it admits only the integrators that are one.
+        spaces: the states it works on: "image" feature maps and/or "vector" states.
+        lifting: vector nets may lift to model.width (False: the state must be the data).
+    """
 
     name: str
-    spaces: tuple[str, ...]
-    integrators: tuple[str, ...]
+    fields: tuple[type, ...]
     make_steps: Callable[[StepContext], list[nn.Module]]
-    validate: Callable[[Mapping[str, Any], Activation], None]
-    certified: Callable[[Mapping[str, Any]], bool]
+    integrator_kind: str
     preserves: str
-    default_normalize: str = "mean"
-    lifting: bool = True  # vector nets may lift to model.width (mass may not: it keeps sum(y))
+    claim: Callable[[Mapping[str, Any]], Claim] | None = None
+    validate: Callable[[Mapping[str, Any], Activation], None] | None = None
+    euler_only: bool = False
+    spaces: tuple[str, ...] = ("image", "vector")
+    lifting: bool = True
+
+    @property
+    def integrators(self) -> tuple[str, ...]:
+        """The admitted integrators, derived from each registered integrator's kind."""
+        return tuple(
+            name
+            for name in INTEGRATORS
+            if INTEGRATORS[name].kind == self.integrator_kind
+            and (INTEGRATORS[name].is_explicit_euler or not self.euler_only)
+        )
+
+    def claim_for(self, cfg: Mapping[str, Any]) -> Claim:
+        if self.claim is None:
+            return Claim(False, f"preserves {self.preserves}")
+        return self.claim(cfg)
+
+    def certified(self, cfg: Mapping[str, Any]) -> bool:
+        return self.claim_for(cfg).certified
+
+    def check(self, cfg: Mapping[str, Any], activation: Activation) -> None:
+        if self.validate is not None:
+            self.validate(cfg, activation)
 
 
 FAMILIES: Registry[Family] = Registry("model")
 
 
+def register(family: Family) -> Family:
+    return FAMILIES.add(family.name, family)
+
+
 def fractions_of(cfg: Mapping[str, Any]) -> list[float]:
     """Sub-step fractions alpha_i of h: model.substep_fractions, or S equal ones."""
-    given = cfg.get("substep_fractions")
-    fractions = [float(a) for a in given] if given else equal_fractions(int(cfg.get("substeps", 1)))
+    given = cfg["substep_fractions"]
+    fractions = [float(a) for a in given] if given else equal_fractions(int(cfg["substeps"]))
     if not fractions or any(a <= 0 for a in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
         raise UsageError(f"model.substep_fractions={fractions} must be positive and sum to 1")
     return fractions
 
 
-def never(cfg: Mapping[str, Any]) -> bool:
-    return False
-
-
-def always(cfg: Mapping[str, Any]) -> bool:
-    return True
-
-
-def nothing_to_check(cfg: Mapping[str, Any], activation: Activation) -> None:
-    return None
+SOFT_ORTHOGONALITY = Claim(False, "soft orthogonality penalty, no proven bound")
 
 
 def repeat(ctx: StepContext, make: Callable[[], nn.Module]) -> list[nn.Module]:
@@ -104,7 +136,7 @@ def resnet_steps(ctx: StepContext) -> list[nn.Module]:
 
 
 def naive_steps(ctx: StepContext) -> list[nn.Module]:
-    h, penalty = float(ctx.cfg["h"]), float(ctx.cfg.get("ortho_penalty", 0.0))
+    h, penalty = float(ctx.cfg["h"]), float(ctx.cfg["ortho_penalty"])
     return repeat(
         ctx,
         lambda: Step(
@@ -141,17 +173,13 @@ def validate_nonexpansive(cfg: Mapping[str, Any], activation: Activation) -> Non
 
 def contractive_field(ctx: StepContext) -> GradientField:
     return GradientField(
-        ctx.space,
-        ctx.width,
-        ctx.activation,
-        contractive_kind(ctx.cfg),
-        float(ctx.cfg.get("ortho_penalty", 0.0)),
+        ctx.space, ctx.width, ctx.activation, ctx.cfg["contractive"], float(ctx.cfg["ortho_penalty"])
     )
 
 
 def expansive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float:
     """model.h_expansive, or (null) the largest value the step-size rule admits."""
-    h_e = cfg.get("h_expansive")
+    h_e = cfg["h_expansive"]
     if h_e is None:
         return float(largest_expansive_step(float(cfg["h_contractive"]), fractions_of(cfg), activation))
     return float(h_e)
@@ -174,9 +202,11 @@ def check_pairs(cfg: Mapping[str, Any]) -> None:
         raise UsageError(
             f"model.steps={steps} must be a positive even number (expansive and contractive alternate)"
         )
-    contractive = contractive_kind(cfg)
-    if contractive not in ("orthogonal", "spectral", "penalty"):
-        raise UsageError(f"model.contractive={contractive} is unknown (valid: orthogonal, spectral, penalty)")
+    contractive = cfg["contractive"]
+    if contractive not in CONTRACTIVE_OPERATORS:
+        raise UsageError(
+            f"model.contractive={contractive} is unknown (valid: {', '.join(CONTRACTIVE_OPERATORS)})"
+        )
 
 
 def check_contractive_step(h_c: float, cfg: Mapping[str, Any], activation: Activation, key: str) -> None:
@@ -190,7 +220,7 @@ def validate_lipschitz(cfg: Mapping[str, Any], activation: Activation) -> None:
     check_pairs(cfg)
     h_c = float(cfg["h_contractive"])
     check_contractive_step(h_c, cfg, activation, "model.h_contractive")
-    h_e, largest = cfg.get("h_expansive"), float(largest_expansive_step(h_c, fractions_of(cfg), activation))
+    h_e, largest = cfg["h_expansive"], float(largest_expansive_step(h_c, fractions_of(cfg), activation))
     if h_e is not None and not 0.0 <= float(h_e) <= largest * (1 + 1e-12):
         raise UsageError(
             f"model.h_expansive={float(h_e):g} breaks the Lipschitz constraint for "
@@ -199,13 +229,16 @@ def validate_lipschitz(cfg: Mapping[str, Any], activation: Activation) -> None:
         )
 
 
-def lipschitz_certified(cfg: Mapping[str, Any]) -> bool:
-    return contractive_kind(cfg) in ("orthogonal", "spectral")
+def lipschitz_claim(cfg: Mapping[str, Any]) -> Claim:
+    """Certified with an orthogonal or norm-bounded contraction; a penalty proves nothing."""
+    if not CONTRACTIVE_OPERATORS[cfg["contractive"]]:
+        return SOFT_ORTHOGONALITY
+    return Claim(True, f"{cfg['contractive']} contractive operator")
 
 
 def flexible_steps(ctx: StepContext) -> list[nn.Module]:
     lo, hi = (float(v) for v in ctx.cfg["h_contractive_range"])
-    init, fraction = float(ctx.cfg["h_contractive"]), float(ctx.cfg.get("expansive_fraction", 0.9))
+    init, fraction = float(ctx.cfg["h_contractive"]), float(ctx.cfg["expansive_fraction"])
     steps: list[nn.Module] = []
     for _ in range(int(ctx.cfg["steps"]) // 2):
         h_c = IntervalStepSize(lo, hi, init)
@@ -228,7 +261,7 @@ def validate_flexible(cfg: Mapping[str, Any], activation: Activation) -> None:
     check_contractive_step(hi, cfg, activation, "model.h_contractive_range[1]")
     if not lo <= float(cfg["h_contractive"]) <= hi:
         raise UsageError(f"model.h_contractive={cfg['h_contractive']} must lie in model.h_contractive_range")
-    fraction = float(cfg.get("expansive_fraction", 0.9))
+    fraction = float(cfg["expansive_fraction"])
     if not 0.0 < fraction < 1.0:
         raise UsageError(
             f"model.expansive_fraction={fraction:g} must lie in (0, 1): h_E = fraction x its bound"
@@ -253,7 +286,7 @@ def volume_steps(ctx: StepContext) -> list[nn.Module]:
 
 
 def validate_volume(cfg: Mapping[str, Any], activation: Activation) -> None:
-    widths = [int(w) for w in cfg.get("widths") or []] + ([int(cfg["width"])] if cfg.get("width") else [])
+    widths = [int(w) for w in cfg["widths"] or []] + ([int(cfg["width"])] if cfg["width"] else [])
     if any(w < 2 for w in widths):
         raise UsageError("model=volume splits its state in two: every width must be >= 2")
 
@@ -281,89 +314,97 @@ def splitting_steps(ctx: StepContext) -> list[nn.Module]:
     )
 
 
-BOTH = ("image", "vector")
-FAMILIES.add(
-    "resnet",
+register(
     Family(
-        "resnet", BOTH, RUNGE_KUTTA, resnet_steps, nothing_to_check, never, "nothing (baseline)", "mean_std"
-    ),
+        name="resnet",
+        fields=(ResNetField,),
+        make_steps=resnet_steps,
+        integrator_kind="runge_kutta",
+        preserves="nothing (baseline)",
+    )
 )
-FAMILIES.add(
-    "naive",
+register(
     Family(
-        "naive",
-        BOTH,
-        ("euler",),
-        naive_steps,
-        nothing_to_check,
-        never,
-        "nothing (soft orthogonality)",
-        "mean",
-    ),
+        name="naive",
+        fields=(NaiveField,),
+        make_steps=naive_steps,
+        integrator_kind="runge_kutta",
+        preserves="nothing (soft orthogonality)",
+        claim=lambda cfg: SOFT_ORTHOGONALITY,
+        euler_only=True,
+    )
 )
-FAMILIES.add(
-    "nonexpansive",
+register(
     Family(
-        "nonexpansive",
-        BOTH,
-        ("euler",),
-        nonexpansive_steps,
-        validate_nonexpansive,
-        always,
-        "1-Lipschitz layers",
-    ),
+        name="nonexpansive",
+        fields=(GradientField,),
+        make_steps=nonexpansive_steps,
+        integrator_kind="runge_kutta",
+        preserves="1-Lipschitz layers",
+        claim=lambda cfg: Claim(True, "spectral (||A|| <= 1)"),
+        validate=validate_nonexpansive,
+        euler_only=True,
+    )
 )
-FAMILIES.add(
-    "lipschitz",
+register(
     Family(
-        "lipschitz",
-        BOTH,
-        ("euler",),
-        lipschitz_steps,
-        validate_lipschitz,
-        lipschitz_certified,
-        "Lipschitz bound",
-    ),
+        name="lipschitz",
+        fields=(ExpansiveField, GradientField),
+        make_steps=lipschitz_steps,
+        integrator_kind="runge_kutta",
+        preserves="Lipschitz bound",
+        claim=lipschitz_claim,
+        validate=validate_lipschitz,
+        euler_only=True,
+    )
 )
-FAMILIES.add(
-    "lipschitz_flexible",
+register(
     Family(
-        "lipschitz_flexible",
-        BOTH,
-        ("euler",),
-        flexible_steps,
-        validate_flexible,
-        lipschitz_certified,
-        "Lipschitz bound",
-    ),
+        name="lipschitz_flexible",
+        fields=(ExpansiveField, GradientField),
+        make_steps=flexible_steps,
+        integrator_kind="runge_kutta",
+        preserves="Lipschitz bound",
+        claim=lipschitz_claim,
+        validate=validate_flexible,
+        euler_only=True,
+    )
 )
-FAMILIES.add(
-    "volume", Family("volume", BOTH, SPLITTINGS, volume_steps, validate_volume, never, "volume (det J = 1)")
-)
-FAMILIES.add(
-    "mass",
+register(
     Family(
-        "mass", ("vector",), RUNGE_KUTTA, mass_steps, nothing_to_check, never, "component sum", lifting=False
-    ),
+        name="volume",
+        fields=(Shear,),
+        make_steps=volume_steps,
+        integrator_kind="splitting",
+        preserves="volume (det J = 1)",
+        validate=validate_volume,
+    )
 )
-FAMILIES.add(
-    "splitting",
+register(
     Family(
-        "splitting",
-        ("vector",),
-        SPLITTINGS,
-        splitting_steps,
-        nothing_to_check,
-        never,
-        "norm of the sphere part",
-    ),
+        name="mass",
+        fields=(MassField,),
+        make_steps=mass_steps,
+        integrator_kind="runge_kutta",
+        preserves="component sum",
+        spaces=("vector",),
+        lifting=False,
+    )
+)
+register(
+    Family(
+        name="splitting",
+        fields=(GradientFlow, SphereFlow),
+        make_steps=splitting_steps,
+        integrator_kind="splitting",
+        preserves="norm of the sphere part",
+        spaces=("vector",),
+    )
 )
 
 
-def check_family_config(cfg: Mapping[str, Any], activation: Activation) -> None:
-    """Checks every family shares: step counts, sub-step fractions, contractive operator names."""
-    if int(cfg.get("steps", 1)) < 1:
-        raise UsageError(f"model.steps={cfg.get('steps')} must be >= 1")
+def check_family_config(cfg: Mapping[str, Any]) -> None:
+    """Checks every family shares: the number of dynamic layers and the sub-step fractions."""
+    if int(cfg["steps"]) < 1:
+        raise UsageError(f"model.steps={cfg['steps']} must be >= 1")
     fractions_of(cfg)
-    if cfg.get("contractive") is not None and cfg["contractive"] not in GRADIENT_OPERATORS:
-        raise UsageError(f"model.contractive={cfg['contractive']} is unknown")

@@ -97,7 +97,10 @@ class NaiveField(VectorField):
         return self.penalty * (orthogonality_penalty(self.A.weight) + orthogonality_penalty(self.B.weight))
 
 
-GRADIENT_OPERATORS = ("orthogonal", "spectral", "penalty", "free")
+# The operator A of a gradient field, and whether its Euler step carries a proven factor.
+GRADIENT_OPERATORS = {"orthogonal": True, "spectral": True, "penalty": False, "free": False}
+# The ones `model.contractive` may choose (free is the splitting family's inner gradient flow).
+CONTRACTIVE_OPERATORS = {name: GRADIENT_OPERATORS[name] for name in ("orthogonal", "spectral", "penalty")}
 
 
 class GradientField(VectorField):
@@ -112,7 +115,7 @@ class GradientField(VectorField):
     ) -> None:
         super().__init__(activation)
         if operator not in GRADIENT_OPERATORS:
-            raise ValueError(f"operator must be one of {GRADIENT_OPERATORS}")
+            raise ValueError(f"operator must be one of {', '.join(GRADIENT_OPERATORS)}")
         self.operator = operator
         self.A = (
             space.orthogonal(width)
@@ -139,7 +142,7 @@ class GradientField(VectorField):
         return 0.0, self.slope_max * rho * rho
 
     def euler_factor(self, tau: float, nominal: bool = False) -> float | None:
-        if self.operator not in ("orthogonal", "spectral"):
+        if not GRADIENT_OPERATORS[self.operator]:
             return None
         lam_min, lam_max = self.curvature_interval(nominal)
         return max(abs(1.0 - tau * lam_min), abs(1.0 - tau * lam_max))

@@ -28,6 +28,8 @@ class Integrator:
     kind: str
     step: Callable[[Field, torch.Tensor, float], torch.Tensor] | None = None
     split: Callable[[Sequence[Flow], torch.Tensor, float], torch.Tensor] | None = None
+    # x + h f(x): a layer's proven Lipschitz factor is then its field's Euler factor
+    is_explicit_euler: bool = False
 
     def __call__(self, f: Field, x: torch.Tensor, h: float) -> torch.Tensor:
         if self.step is None:
@@ -71,7 +73,7 @@ def strang(flows: Sequence[Flow], x: torch.Tensor, h: float) -> torch.Tensor:
     return first(x, 0.5 * h)
 
 
-INTEGRATORS.add("euler", Integrator("euler", 1, "runge_kutta", step=euler_step))
+INTEGRATORS.add("euler", Integrator("euler", 1, "runge_kutta", step=euler_step, is_explicit_euler=True))
 INTEGRATORS.add("heun", Integrator("heun", 2, "runge_kutta", step=heun_step))
 INTEGRATORS.add("rk4", Integrator("rk4", 4, "runge_kutta", step=rk4_step))
 INTEGRATORS.add("lie_trotter", Integrator("lie_trotter", 1, "splitting", split=lie_trotter))

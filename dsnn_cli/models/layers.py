@@ -50,7 +50,7 @@ class Step(nn.Module):
 
     def lipschitz_factor(self, nominal: bool = False) -> float | None:
         """Proven factor of the whole layer (sub-steps composed), for explicit Euler only."""
-        if self.integrator.name != "euler":
+        if not self.integrator.is_explicit_euler:
             return None
         h = step_value(self.step_size)
         factor = 1.0

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsnn_cli.config import to_plain
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import build_activation
 from dsnn_cli.models.families import (
@@ -26,7 +27,6 @@ from dsnn_cli.models.families import (
     Family,
     StepContext,
     check_family_config,
-    contractive_kind,
     fractions_of,
 )
 from dsnn_cli.models.integrators import INTEGRATORS
@@ -92,18 +92,19 @@ class DynamicsNet(nn.Module):
 
     def certificate(self) -> dict[str, Any]:
         """Which variant certifies, and the bound the construction promises (config only)."""
-        fam = FAMILIES[self.family]
-        certified = self.certified
+        family = FAMILIES[self.family]
+        claim = family.claim_for(self.config["model"])
         declared = None
-        if certified:
+        if claim.certified:
             factors = self.lipschitz_factors(nominal=True)
             declared = None if factors is None else float(torch.tensor([f for _, f in factors]).prod())
         return {
             "family": self.family,
-            "certified": certified,
-            "variant": certificate_variant(self.family, self.config["model"]) if certified else None,
+            "certified": claim.certified,
+            "variant": claim.wording if claim.certified else None,
             "declared_bound": declared,
-            "preserves": fam.preserves,
+            "preserves": family.preserves,
+            "note": claim.wording,
         }
 
 
@@ -115,7 +116,7 @@ class ImageNet(DynamicsNet):
         self.family = family.name
         self.certified = family.certified(cfg)
         self.config = {"model": dict(cfg), "data_info": dict(data_info)}
-        activation = build_activation(cfg.get("activation", "leaky_relu"))
+        activation = build_activation(cfg["activation"])
         integrator = INTEGRATORS[integrator_name(cfg)]
         widths = [int(w) for w in cfg["widths"]]
         size = image_size(data_info)
@@ -124,7 +125,7 @@ class ImageNet(DynamicsNet):
                 f"image size {size} is not divisible by 2^{len(widths)} (one 2x2 pool per block "
                 f"of model.widths={widths}); use fewer blocks or another data.image_size"
             )
-        self.normalize = make_normalize(cfg, family, data_info)
+        self.normalize = make_normalize(cfg, data_info)
         constrained = self.certified
         blocks, channels = [], int(data_info["in_channels"])
         for width in widths:
@@ -168,7 +169,7 @@ class VectorNet(DynamicsNet):
         self.certified = family.certified(cfg)
         self.config = {"model": dict(cfg), "data_info": dict(data_info)}
         dim_in, dim_out = int(data_info["dim_in"]), int(data_info["dim_out"])
-        width = int(cfg.get("width") or dim_in)
+        width = int(cfg["width"] or dim_in)
         if not family.lifting and not (width == dim_in == dim_out):
             raise UsageError(
                 f"model={family.name} keeps a property of its state, so the state must be the data: "
@@ -181,7 +182,7 @@ class VectorNet(DynamicsNet):
             cfg,
             width,
             VectorSpace(),
-            build_activation(cfg.get("activation", "leaky_relu")),
+            build_activation(cfg["activation"]),
             INTEGRATORS[integrator_name(cfg)],
             fractions_of(cfg),
         )
@@ -210,10 +211,11 @@ class VectorNet(DynamicsNet):
         return factors
 
 
-def certificate_variant(family: str, cfg: Mapping[str, Any]) -> str:
-    if family.startswith("lipschitz"):
-        return f"{contractive_kind(cfg)} contractive operator"
-    return "spectral (||A|| <= 1)"
+def certificate_note(info: Mapping[str, Any]) -> str:
+    """Why a model has (or lacks) a certificate, in words for tables: from `certificate()`."""
+    if info["certified"]:
+        return f"model={info['family']}: {info['variant']}, declared bound {info['declared_bound']:.6g}"
+    return f"model={info['family']}: {info['note']}"
 
 
 def image_size(data_info: Mapping[str, Any]) -> tuple[int, int]:
@@ -222,12 +224,12 @@ def image_size(data_info: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def integrator_name(cfg: Mapping[str, Any]) -> str:
-    integrator = cfg.get("integrator", "euler")
+    integrator = cfg["integrator"]
     return integrator if isinstance(integrator, str) else str(integrator["name"])
 
 
-def make_normalize(cfg: Mapping[str, Any], family: Family, data_info: Mapping[str, Any]) -> Normalize:
-    mode = cfg.get("normalize") or family.default_normalize
+def make_normalize(cfg: Mapping[str, Any], data_info: Mapping[str, Any]) -> Normalize:
+    mode = cfg["normalize"]
     if mode not in NORMALIZATIONS:
         raise UsageError(f"model.normalize={mode} is unknown (valid: {', '.join(NORMALIZATIONS)})")
     channels = int(data_info["in_channels"])
@@ -251,9 +253,9 @@ def check_model_config(cfg: Mapping[str, Any]) -> Family:
             f"model={family.name} does not admit model/integrator={integrator} "
             f"(admitted: {', '.join(family.integrators)})"
         )
-    activation = build_activation(cfg.get("activation", "leaky_relu"))
-    check_family_config(cfg, activation)
-    family.validate(cfg, activation)
+    activation = build_activation(cfg["activation"])
+    check_family_config(cfg)
+    family.check(cfg, activation)
     return family
 
 
@@ -268,15 +270,3 @@ def build_model(cfg: Mapping[str, Any], data_info: Mapping[str, Any]) -> Dynamic
             "(see the experiment presets: dsnn train --help)"
         )
     return (ImageNet if kind == "image" else VectorNet)(family, cfg, data_info)
-
-
-def to_plain(cfg: Any) -> Any:
-    """OmegaConf nodes to plain Python containers (checkpoints store plain data only)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg

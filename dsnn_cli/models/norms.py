@@ -18,7 +18,7 @@ into the c_out x c_in matrices K^(w) for the N1*N2 frequencies w, so ||C_N|| = m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -53,22 +53,3 @@ def matrix_norm_bound(weight: torch.Tensor) -> float:
     """Proven upper bound on the spectral norm of a dense matrix (float64 SVD)."""
     weight = weight.detach().to(dtype=torch.float64, device="cpu")
     return float(torch.linalg.matrix_norm(weight, ord=2)) * (1.0 + FLOAT64_SLACK)
-
-
-def power_iteration(
-    apply: Callable[[torch.Tensor], torch.Tensor],
-    adjoint: Callable[[torch.Tensor], torch.Tensor],
-    start: torch.Tensor,
-    iters: int = 100,
-) -> tuple[float, torch.Tensor]:
-    """Estimate ||A|| from below by power iteration on A^T A; returns (estimate, vector)."""
-    u = start / start.norm()
-    estimate = 0.0
-    for _ in range(iters):
-        v = apply(u)
-        estimate = float(v.norm())
-        if estimate == 0.0:
-            break
-        u = adjoint(v)
-        u = u / u.norm()
-    return estimate, u

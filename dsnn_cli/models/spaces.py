@@ -49,6 +49,3 @@ class VectorSpace:
 
     def bias(self, channels: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(1, channels))
-
-
-Space = ImageSpace | VectorSpace

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsnn_cli.config import to_plain
 from dsnn_cli.rundir import CONFIG, SUMMARY, read_json
 
 log = logging.getLogger("dsnn.report")
@@ -53,7 +54,7 @@ def read_config(path: Path) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
 
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        config = to_plain(OmegaConf.load(path), resolve=False)
     except Exception as exc:  # noqa: BLE001 - a broken config only costs the run its group
         log.warning("%s is unreadable (%s): the run forms a group of its own", path, exc)
         return None

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsnn_cli.errors import DsnnError, UsageError
+from dsnn_cli.models.inference import predict
 from dsnn_cli.registry import Registry
+from dsnn_cli.robustness.certificates import logit_margins
 
 log = logging.getLogger("dsnn.attack")
 
@@ -80,10 +82,7 @@ def random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> tor
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """max_{j != y} z_j - z_y: positive exactly when the point is misclassified."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, labels[:, None], -math.inf)
-    return others.max(dim=1).values - true
+    return -logit_margins(logits, labels)
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -234,7 +233,7 @@ def run_cascade(
     """Run the stages in order on the points still robust; confirm every break as it is found."""
     check_model(model)
     sanity_check(model, images[:batch_size])
-    correct = predictions(model, images, batch_size) == labels
+    correct = predict(model, images.split(batch_size)).argmax(1).to(labels.device) == labels
     adversarial = images.clone()
     broken = torch.zeros_like(correct)
     history: list[tuple[str, float]] = []
@@ -357,13 +356,6 @@ def autoattack(
         model, images, eps, steps, restarts, n_target_classes, seed, names, square_queries
     )
     return run_cascade(model, images, labels, eps, batch_size, stages)
-
-
-def predictions(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)]
-        )
 
 
 def sanity_check(model: nn.Module, images: torch.Tensor) -> None:

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from dsnn_cli.models.inference import predict
+
 
 def lipschitz_bound(model: nn.Module) -> float | None:
     """Proven upper bound on the l2 Lipschitz constant from [0,1] pixels to logits.
@@ -73,32 +75,11 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 def float64_logits(reference: nn.Module, inputs, device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits of a float64 model over an iterable of input batches, on the CPU."""
-    reference.to(device)
-    with torch.no_grad():
-        return torch.cat([reference(x.to(device).double()).cpu() for x in inputs])
+    return predict(reference.to(device), inputs, device=device, dtype=torch.float64)
 
 
 def format_eps(eps: float) -> str:
     return f"{eps:.6g}"
-
-
-def jacobian_norm_lower_bound(
-    model: nn.Module, x: torch.Tensor, iters: int = 50, seed: int = 0
-) -> torch.Tensor:
-    """Per-sample spectral norm of the Jacobian at x by power iteration (a lower bound)."""
-    from torch.func import jvp, vjp
-
-    generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-    _, pullback = vjp(model, x)
-    norms = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for _ in range(iters):
-        _, jv = jvp(model, (x,), (v,))
-        norms = jv.flatten(1).norm(dim=1)
-        (v,) = pullback(jv)
-        v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
-    return norms
 
 
 def parse_eps(value) -> list[float]:

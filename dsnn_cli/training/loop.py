@@ -19,7 +19,9 @@ from torch import nn
 
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
+from dsnn_cli.devices import memory_format
 from dsnn_cli.errors import UsageError
+from dsnn_cli.models.inference import predict
 from dsnn_cli.progress import progress_bar
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -27,31 +29,6 @@ from dsnn_cli.training.losses import build_loss
 from dsnn_cli.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("dsnn.train")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"trainer.device={name} but CUDA is not available; use trainer.device=auto")
-    return torch.device(name)
-
-
-def memory_format(trainer: Mapping[str, Any]) -> torch.memory_format:
-    return torch.channels_last if trainer.get("channels_last", True) else torch.contiguous_format
-
-
-@torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int, fmt=torch.contiguous_format) -> torch.Tensor:
-    """Logits for a whole split (eval mode), on the CPU."""
-    model.eval()
-    outputs = [model(x.contiguous(memory_format=fmt)).float().cpu() for x, _ in batches(split, batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 @dataclass
@@ -90,7 +67,8 @@ class Task:
     loss_fn: nn.Module = field(repr=False)
 
     def evaluate(self, model: nn.Module, split: Split, batch_size: int, fmt) -> dict[str, float]:
-        outputs = predict(model, split, batch_size, fmt)
+        model.eval()
+        outputs = predict(model, (x for x, _ in batches(split, batch_size)), memory_format=fmt)
         targets = split.targets.cpu()
         row = {"val_loss": round(float(self.loss_fn(outputs, targets)), 8)}
         if self.classification:
@@ -134,7 +112,7 @@ def fit(
     """Train `model` on `data.train` as configured; returns what the summary needs."""
     trainer = cfg["trainer"]
     epochs, batch_size = int(trainer["max_epochs"]), int(trainer["batch_size"])
-    limit = trainer.get("limit_batches")
+    limit = trainer["limit_batches"]
     task = make_task(cfg, data)
     fmt = memory_format(trainer) if task.classification else torch.contiguous_format
     assert data.train is not None
@@ -146,12 +124,12 @@ def fit(
     scheduler = build_scheduler(cfg["scheduler"], optimizer, epochs, steps)
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0}
-    if trainer.get("resume") and (run.checkpoints / LAST).is_file():
+    if trainer["resume"] and (run.checkpoints / LAST).is_file():
         state = resume(run, model, optimizer, scheduler, generator)
         run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
-    augment = bool(cfg["data"].get("augment", False))
-    with progress_bar(trainer.get("progress")) as bar:
+    augment = isinstance(data, ImageData) and bool(cfg["data"]["augment"])
+    with progress_bar(trainer["progress"]) as bar:
         progress = bar.add_task("train", total=(epochs - state["epoch"]) * steps, status="")
         for epoch in range(state["epoch"] + 1, epochs + 1):
             started = time.perf_counter()
@@ -198,7 +176,7 @@ def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fm
         row["train_acc"] = round(stats.acc, 6)
     row["lr"] = optimizer.param_groups[0]["lr"]
     if val_split is not None:
-        row.update(task.evaluate(model, val_split, int(trainer.get("eval_batch_size", 500)), fmt))
+        row.update(task.evaluate(model, val_split, int(trainer["eval_batch_size"]), fmt))
     return row
 
 
