@@ -14,8 +14,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named entries whose unknown-name error lists the valid names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, key: str | None = None) -> None:
         self.kind = kind
+        self.key = key or kind  # the config key that names an entry (model.activation, loss, ...)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -55,9 +56,10 @@ class Registry(Generic[T]):
         valid = list(inspect.signature(self[name]).parameters)[n_args:]
         unknown = sorted(set(settings) - set(valid))
         if unknown:
+            takes = ", ".join(valid) or "none"
             raise UsageError(
-                f"{self.kind}={name} has no setting {', '.join(unknown)} (valid: {', '.join(valid)}); "
-                f"drop a key a preset left behind with ~{self.kind}.{unknown[0]}"
+                f"{self.key}={name} has no setting {', '.join(unknown)} (valid: {takes}); "
+                f"drop a key a preset left behind with ~{self.key}.{unknown[0]}"
             )
 
     def build(self, name: str, settings: Mapping[str, Any], *args: Any) -> Any:

@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import evaluation_points, mean
+from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
 from dsnn_cli.config import to_plain
+from dsnn_cli.console import progress_bar
 from dsnn_cli.devices import resolve_device
 from dsnn_cli.errors import DsnnError
 from dsnn_cli.models.networks import certificate_note
-from dsnn_cli.progress import console, progress_bar
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
 from dsnn_cli.robustness.certificates import (
     certified_mask,
@@ -188,21 +188,14 @@ def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
-    from rich.table import Table
-
     bound = record["lipschitz_bound"]
     if bound is None:
         note = record.get("certificate_note") or "uncertified model"
         caption = f"no Lipschitz certificate ({note}): certified n/a"
     else:
         caption = f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps"
-    table = Table(title=f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})", caption=caption)
-    for column in ("eps", "clean", "robust", "certified"):
-        table.add_column(column, justify="right")
-    for row in record["results"]:
-        cert = "-" if row["certified"] is None else f"{100 * row['certified']:.2f}%"
-        table.add_row(f"{row['eps']:.4g}", f"{100 * row['clean']:.2f}%", f"{100 * row['robust']:.2f}%", cert)
-    console.print(table)
+    title = f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})"
+    print_eps_table(title, record, ("clean", "robust", "certified"), caption)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="attack")

@@ -14,9 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import evaluation_points, mean
+from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
 from dsnn_cli.devices import resolve_device
-from dsnn_cli.progress import console
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
     float64_copy,
@@ -73,19 +72,10 @@ def run_certify(cfg) -> dict[str, Any]:
 
 
 def print_certify_table(run_dir: Path, record: dict[str, Any]) -> None:
-    from rich.table import Table
-
     bound = record["lipschitz_bound"]
     note = "no Lipschitz certificate" if bound is None else f"Lipschitz bound {bound:.6g}"
-    table = Table(
-        title=f"dsnn certify: {run_dir} (n={record['n']})", caption=f"{note}; margin > sqrt(2) L eps"
-    )
-    for column in ("eps", "clean", "certified"):
-        table.add_column(column, justify="right")
-    for row in record["results"]:
-        cert = "-" if row["certified"] is None else f"{100 * row['certified']:.2f}%"
-        table.add_row(f"{row['eps']:.4g}", f"{100 * row['clean']:.2f}%", cert)
-    console.print(table)
+    title = f"dsnn certify: {run_dir} (n={record['n']})"
+    print_eps_table(title, record, ("clean", "certified"), f"{note}; margin > sqrt(2) L eps")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="certify")

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dsnn_cli.config import to_plain
+from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.loading import load_data
 from dsnn_cli.data.subsets import stratified_subset
 from dsnn_cli.errors import DsnnError, UsageError
@@ -53,3 +54,9 @@ def evaluation_points(
 
 def mean(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else 0.0
+
+
+def print_eps_table(title: str, record: dict[str, Any], columns: tuple[str, ...], caption: str) -> None:
+    """An attack or certify record: one row per eps with the accuracies in `columns`."""
+    rows = [[eps_label(r["eps"]), *(percent(r[column]) for column in columns)] for r in record["results"]]
+    print_table(title, ["eps", *columns], rows, caption=caption)

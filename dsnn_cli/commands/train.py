@@ -14,13 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.commands import guarded
 from dsnn_cli.config import to_plain
+from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, load_data
 from dsnn_cli.devices import memory_format, resolve_device
 from dsnn_cli.errors import UsageError, describe
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
-from dsnn_cli.progress import console
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
     float64_copy,
@@ -205,29 +205,23 @@ REGRESSION_KEYS = (
 
 
 def print_summary(run: RunDir) -> None:
-    from rich.table import Table
-
     s = run.summary
-    table = Table(title=f"dsnn train: {s.get('model')} on {s.get('data')}", show_header=False)
-    table.add_row("run", str(run.path))
+    rows = [["run", str(run.path)]]
     if s.get("test_mse") is None:
-        table.add_row("test accuracy", fmt(s.get("test_acc")))
-        table.add_row("val accuracy", fmt(s.get("val_acc")))
-    for key in REGRESSION_KEYS:
-        if s.get(key) is not None:
-            table.add_row(key.replace("_", " "), f"{s[key]:.4g}")
-    bound = s.get("lipschitz_bound")
-    table.add_row("Lipschitz bound", "none (no certificate)" if bound is None else f"{bound:.6g}")
-    for eps, value in (s.get("certified") or {}).items():
-        table.add_row(f"certified @ eps={eps}", fmt(value))
-    table.add_row("parameters", str(s.get("n_params")))
-    table.add_row("epochs", str(s.get("epochs")))
-    table.add_row("time", f"{s.get('seconds', 0):.1f} s")
-    console.print(table)
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+        rows += [["test accuracy", percent(s["test_acc"])], ["val accuracy", percent(s["val_acc"])]]
+    rows += [[key.replace("_", " "), f"{s[key]:.4g}"] for key in REGRESSION_KEYS if s.get(key) is not None]
+    bound = s["lipschitz_bound"]
+    rows.append(["Lipschitz bound", "none (no certificate)" if bound is None else f"{bound:.6g}"])
+    rows += [
+        [f"certified @ eps={eps_label(float(eps))}", percent(v)] for eps, v in (s["certified"] or {}).items()
+    ]
+    rows += [
+        ["parameters", str(s["n_params"])],
+        ["epochs", str(s["epochs"])],
+        ["time", f"{s['seconds']:.1f} s"],
+    ]
+    title = f"dsnn train: {s['model']} on {s['data']}"
+    print_table(title, ["", ""], rows, left={""}, show_header=False)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="train")

@@ -7,8 +7,6 @@ Lipschitz factors in `dsnn_cli.steps` rely on.
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +25,7 @@ class Activation:
     slope_max: float
 
 
-ACTIVATIONS: Registry = Registry("activation")
+ACTIVATIONS: Registry = Registry("activation", key="model.activation")
 
 
 class LeakyReLU(nn.Module):
@@ -73,19 +71,12 @@ def softplus() -> Activation:
 
 
 def build_activation(cfg) -> Activation:
-    """Build from a config node ``{name: ..., **kwargs}`` or a bare name.
+    """Build from a config node ``{name: ..., **settings}`` or a bare name.
 
-    Keys set to null are ignored; keys the activation does not take are ignored with a
-    warning (a preset shared by several models may set ``alpha`` for leaky_relu only).
+    Settings set to null are left out; a setting the activation does not take is refused,
+    as everywhere (a preset's ``alpha`` left behind by ``model.activation.name=relu``).
     """
     if isinstance(cfg, str):
-        name, kwargs = cfg, {}
-    else:
-        name = cfg["name"]
-        kwargs = {k: v for k, v in dict(cfg).items() if k != "name" and v is not None}
-    factory = ACTIVATIONS[name]
-    accepted = set(inspect.signature(factory).parameters)
-    unused = sorted(set(kwargs) - accepted)
-    if unused:
-        warnings.warn(f"model.activation: {name} ignores {', '.join(unused)}", stacklevel=2)
-    return factory(**{k: v for k, v in kwargs.items() if k in accepted})
+        return ACTIVATIONS.build(cfg, {})
+    settings = {k: v for k, v in dict(cfg).items() if k != "name" and v is not None}
+    return ACTIVATIONS.build(cfg["name"], settings)

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from dsnn_cli import console
 from dsnn_cli.report.runs import RunRecord, eps_key, robust_auc, run_name
 
 # Regression runs (flow maps, functions): error and the structure the model keeps.
@@ -137,18 +138,8 @@ LEFT_ALIGNED = {"run", "model", "data", "status", "group", "strong_attack"}
 
 
 def print_table(title: str, columns: list[str], rows: list[dict[str, Any]], cell=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The report's rows in the terminal, with short headers."""
     cell = cell or (lambda column, row: format_cell(column, row.get(column)))
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(
-            short_name(column), justify="left" if column in LEFT_ALIGNED else "right", overflow="fold"
-        )
-    for row in rows:
-        table.add_row(*(cell(c, row) for c in columns))
-    console.print(table)
+    header = [short_name(column) for column in columns]
+    left = {short_name(column) for column in LEFT_ALIGNED}
+    console.print_table(title, header, [[cell(c, row) for c in columns] for row in rows], left=left)

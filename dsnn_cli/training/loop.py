@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
 from dsnn_cli.devices import memory_format
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.inference import predict
-from dsnn_cli.progress import progress_bar
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from dsnn_cli.training.losses import build_loss
