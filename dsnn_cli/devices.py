@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import re
 
 import torch
 
 from dsnn_cli.errors import UsageError
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
+
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; a device that is not there is a usage error."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)):
+        raise UsageError(f"{key}={name} is not a device (valid: {DEVICE_NAMES})")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -19,9 +22,12 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"trainer.device={name} but CUDA is not available; use trainer.device=auto")
+        raise UsageError(f"{key}={name} but CUDA is not available; use {key}=auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"{key}=mps but MPS is not available; use {key}=auto")
     return torch.device(name)
 
 
-def memory_format(trainer: Mapping[str, Any]) -> torch.memory_format:
-    return torch.channels_last if trainer.get("channels_last", True) else torch.contiguous_format
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """channels_last runs 3x3 convolutions fastest on CPUs and GPUs alike."""
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -53,7 +54,15 @@ class Registry(Generic[T]):
         Why: a preset that sets, say, ``loss.margin`` leaves that key behind when the command
         line swaps the group for one without it; that must be a one-line error naming the fix.
         """
-        valid = list(inspect.signature(self[name]).parameters)[n_args:]
+        parameters = list(inspect.signature(self[name]).parameters.values())[n_args:]
+        valid = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        missing = [
+            p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in settings
+        ]
+        if missing:
+            raise UsageError(
+                f"{self.key}={name} needs {', '.join(missing)}: add +{self.key}.{missing[0]}=..."
+            )
         unknown = sorted(set(settings) - set(valid))
         if unknown:
             takes = ", ".join(valid) or "none"
@@ -62,7 +71,25 @@ class Registry(Generic[T]):
                 f"drop a key a preset left behind with ~{self.key}.{unknown[0]}"
             )
 
+    def typed_settings(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """`settings` converted to the types entry `name` annotates (int, float, bool, str), or one
+        UsageError line naming the key: `loss.margin=abc` is refused here, not deep in a loss."""
+        from dsnn_cli.config import convert, describe_range, to_plain
+
+        hints = typing.get_type_hints(self[name])
+        typed = {key: to_plain(value) for key, value in settings.items()}
+        for key, value in settings.items():
+            kind = hints.get(key)
+            if kind in (int, float, bool, str) and value is not None:
+                converted = convert(value, kind)
+                if converted is None:
+                    valid = describe_range(kind, None, None, False, None)
+                    raise UsageError(f"{self.key}.{key}={value!r} is not valid: it must be {valid}")
+                typed[key] = converted
+        return typed
+
     def build(self, name: str, settings: Mapping[str, Any], *args: Any) -> Any:
-        """Call entry `name` with `args` and the config `settings`, after check_settings."""
+        """Call entry `name` with `args` and the config `settings`, after check_settings and with
+        each setting converted to its annotated type."""
         self.check_settings(name, settings, len(args))
-        return self[name](*args, **settings)
+        return self[name](*args, **self.typed_settings(name, settings))

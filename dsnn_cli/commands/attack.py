@@ -29,6 +29,7 @@ from dsnn_cli.models.networks import certificate_note
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
 from dsnn_cli.robustness.certificates import (
     certified_mask,
+    check_radii,
     float64_copy,
     float64_logits,
     format_eps,
@@ -53,12 +54,13 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     eps_list = parse_eps(cfg["eps"])
     attack_cfg = dict(to_plain(cfg["attack"]))
     settings = attack_settings(attack_cfg)
-    attack = build_attack(attack_cfg)
+    attack = build_attack(attack_cfg["name"], settings)
+    device = resolve_device(str(cfg["device"]), key="device")
     checkpoint = find_checkpoint(run_dir)
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    device = resolve_device(str(cfg["device"]))
     model.to(device)
     data_info = model.config["data_info"]
+    check_radii(eps_list, data_info)
     images, labels, indices = evaluation_points(
         run_dir, data_info, attack_cfg["n_examples"], cfg["data_root"]
     )

@@ -15,9 +15,11 @@ from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
 from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
+from dsnn_cli.config import setting
 from dsnn_cli.devices import resolve_device
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
+    check_radii,
     float64_copy,
     float64_logits,
     format_eps,
@@ -34,15 +36,18 @@ def run_certify(cfg) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = Path(str(cfg["run"])).expanduser()
     eps_list = parse_eps(cfg["eps"])
+    n_examples = setting(cfg, "n_examples", int, "", low=1, nullable=True)
+    batch_size = setting(cfg, "batch_size", int, "", low=1)
+    device = resolve_device(str(cfg["device"]), key="device")
     checkpoint = find_checkpoint(run_dir)
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     data_info = model.config["data_info"]
+    check_radii(eps_list, data_info)
     images, labels, _ = evaluation_points(
-        run_dir, data_info, cfg["n_examples"], cfg["data_root"], full_test_set=True
+        run_dir, data_info, n_examples, cfg["data_root"], full_test_set=True
     )
     bound = lipschitz_bound(model)
-    device = resolve_device(str(cfg["device"]))
-    logits = float64_logits(float64_copy(model), images.split(int(cfg["batch_size"])), device)
+    logits = float64_logits(float64_copy(model), images.split(batch_size), device)
     margins = logit_margins(logits, labels)
     correct = logits.argmax(1) == labels
     certified = certified_accuracy(margins, bound, eps_list, correct)

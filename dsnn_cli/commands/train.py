@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.config import to_plain
+from dsnn_cli.config import setting, to_plain
 from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
-from dsnn_cli.data.loading import batches, load_data
+from dsnn_cli.data.loading import batches, check_data_config, load_data
 from dsnn_cli.devices import memory_format, resolve_device
 from dsnn_cli.errors import UsageError, describe
 from dsnn_cli.models.inference import predict
@@ -32,41 +33,67 @@ from dsnn_cli.robustness.certificates import (
 from dsnn_cli.robustness.structure import flow_map_metrics
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
-from dsnn_cli.training.loop import check_training_config, fit
+from dsnn_cli.training.loop import Recipe, TrainerConfig, fit, make_task
 
 log = logging.getLogger("dsnn.train")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A `dsnn train` config checked once, at the command's boundary, before any data is read."""
+
+    trainer: TrainerConfig
+    recipe: Recipe
+    model: dict[str, Any]
+    data: dict[str, Any]
+    certify_eps: list[float]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainSettings:
+        data = check_data_config(cfg.data)
+        recipe = Recipe(
+            loss=to_plain(cfg.loss),
+            optim=to_plain(cfg.optim),
+            scheduler=to_plain(cfg.scheduler),
+            seed=setting(cfg, "seed", int, ""),
+            augment=bool(data["augment"]) if "augment" in data else False,  # vector data: none
+        )
+        recipe.check()
+        model = to_plain(cfg.model)
+        check_model_config(model)
+        return cls(TrainerConfig.from_config(cfg.trainer), recipe, model, data, parse_eps(cfg.certify.eps))
 
 
 def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     """Train one model into `output_dir` and return its summary.
 
     Raises:
-        UsageError: bad config (unknown option, step sizes outside the certified region,
-            missing data root, a finished run directory reused).
+        UsageError: bad config (unknown option, a value of the wrong type or range, step sizes
+            outside the certified region, missing data root, a finished run directory reused).
     """
     started = time.perf_counter()
     run = RunDir(output_dir)
     run.refuse_if_finished()
-    certify_eps = parse_eps(cfg.certify.eps)
-    check_model_config(cfg.model)
-    check_training_config(cfg)
-    init_from = Path(str(cfg.trainer.init_from)).expanduser() if cfg.trainer["init_from"] else None
+    settings = TrainSettings.from_config(cfg)
+    trainer = settings.trainer
+    init_from = Path(trainer.init_from).expanduser() if trainer.init_from else None
     if init_from and not init_from.is_dir():
         raise UsageError(
             f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
         )
-    device = resolve_device(str(cfg.trainer.device))
-    if cfg.trainer["threads"]:
-        torch.set_num_threads(int(cfg.trainer.threads))
-    torch.manual_seed(int(cfg.seed))
-    data = load_data(cfg.data)
-    model = build_model(cfg.model, data.info())
+    device = resolve_device(trainer.device)
+    if trainer.threads:
+        torch.set_num_threads(trainer.threads)
+    torch.manual_seed(settings.recipe.seed)
+    data = load_data(settings.data)
+    task = make_task(settings.recipe.loss, data, settings.data["name"])
+    model = build_model(settings.model, data.info())
     if init_from:
         initialise_from(model, init_from, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     run.start(
         OmegaConf.to_yaml(cfg, resolve=True),
-        int(cfg.seed),
+        settings.recipe.seed,
         {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
     )
     log.info(
@@ -81,14 +108,14 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
         run.path,
     )
     try:
-        state = fit(model, data, cfg, run, device)
-        chosen = choose_checkpoint(run, str(cfg.trainer["select"]))
+        state = fit(model, data, task, trainer, settings.recipe, run, device)
+        chosen = choose_checkpoint(run, trainer.select)
         payload = load_checkpoint(chosen)
         model.load_state_dict(payload["state_dict"])
         model.eval()
         results = {
             "status": "done",
-            **test_metrics(model, data, cfg, certify_eps, device),
+            **test_metrics(model, data, trainer, settings.certify_eps, device),
             "val_acc": metric_of(run, payload.get("epoch"), "val_acc"),
             "val_loss": metric_of(run, payload.get("epoch"), "val_loss"),
             "n_params": n_params,
@@ -152,10 +179,10 @@ def matching_run(source: Path, cfg: DictConfig) -> Path:
     return matches[0]
 
 
-def test_metrics(model, data, cfg, certify_eps, device) -> dict[str, Any]:
+def test_metrics(model, data, trainer: TrainerConfig, certify_eps, device) -> dict[str, Any]:
     """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
-    fmt = memory_format(cfg.trainer) if isinstance(data, ImageData) else torch.contiguous_format
-    batch = int(cfg.trainer.eval_batch_size)
+    fmt = memory_format(trainer.channels_last and isinstance(data, ImageData))
+    batch = trainer.eval_batch_size
     outputs = predict(model, (x for x, _ in batches(data.test, batch)), device=device, memory_format=fmt)
     targets = data.test.targets
     bound = lipschitz_bound(model)

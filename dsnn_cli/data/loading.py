@@ -11,10 +11,48 @@ from typing import Any
 
 import torch
 
+from dsnn_cli.config import convert, setting, to_plain
 from dsnn_cli.data.containers import DATASETS, ImageData, Split, VectorData, VectorSource
 from dsnn_cli.data.images import augment_batch
 from dsnn_cli.data.subsets import split_validation, stratified_subset
 from dsnn_cli.data.vectors import vector_data
+from dsnn_cli.errors import UsageError
+
+# The numeric and switch keys of the data groups (each group has the ones it uses).
+DATA_KEYS: dict[str, dict[str, Any]] = {
+    "val_size": {"kind": int, "low": 0, "nullable": True},
+    "limit_train": {"kind": int, "low": 1, "nullable": True},
+    "limit_test": {"kind": int, "low": 1, "nullable": True},
+    "subset_seed": {"kind": int},
+    "augment": {"kind": bool},
+    "n_train": {"kind": int, "low": 1},
+    "n_test": {"kind": int, "low": 1},
+    "image_size": {"kind": int, "low": 1},
+    "channels": {"kind": int, "low": 1},
+    "num_classes": {"kind": int, "low": 2},
+    "noise": {"kind": float, "low": 0},
+    "seed": {"kind": int},
+    "dt": {"kind": float, "low": 0, "low_open": True},
+    "rollout_steps": {"kind": int, "low": 0},
+    "download": {"kind": bool},
+    "download_timeout": {"kind": float, "low": 0, "low_open": True},
+}
+
+
+def check_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The data group with every key it has checked (types and ranges), as a plain dict."""
+    cfg = dict(to_plain(cfg))
+    DATASETS[setting(cfg, "name", str, "data")]  # unknown names list the valid ones
+    for key, rule in DATA_KEYS.items():
+        if key in cfg:
+            cfg[key] = setting(cfg, key, prefix="data", **rule)
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if values is not None and (
+            len(values) == 0 or any(convert(v, float) is None or (key == "std" and v <= 0) for v in values)
+        ):
+            raise UsageError(f"data.{key}={values} must be a list of numbers{' > 0' if key == 'std' else ''}")
+    return cfg
 
 
 def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:

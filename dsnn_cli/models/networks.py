@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnn_cli.config import to_plain
+from dsnn_cli.config import convert, setting, to_plain
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import build_activation
 from dsnn_cli.models.families import (
@@ -238,14 +238,41 @@ def make_normalize(cfg: Mapping[str, Any], data_info: Mapping[str, Any]) -> Norm
     return Normalize(mean, std)
 
 
+# The numeric keys of the model groups (each family has the ones it uses); the families check
+# the step sizes against the region where their claim holds.
+MODEL_KEYS: dict[str, dict[str, Any]] = {
+    "width": {"kind": int, "low": 1, "nullable": True},
+    "steps": {"kind": int, "low": 1},
+    "substeps": {"kind": int, "low": 1},
+    "kernel_size": {"kind": int, "low": 1},
+    "h": {"kind": float},
+    "h_contractive": {"kind": float},
+    "h_expansive": {"kind": float, "low": 0, "nullable": True},
+    "ortho_penalty": {"kind": float, "low": 0},
+    "expansive_fraction": {"kind": float},
+    "contractive": {"kind": str},
+    "normalize": {"kind": str, "choices": NORMALIZATIONS},
+}
+
+
 def check_model_config(cfg: Mapping[str, Any]) -> Family:
     """Validate a model config before any data is loaded; returns its family.
 
     Raises:
-        UsageError: unknown family or integrator, or step sizes outside the certified region.
+        UsageError: unknown family or integrator, a value of the wrong type or range, or step
+            sizes outside the region where the family's claim holds.
     """
     cfg = to_plain(cfg)
     family = FAMILIES[cfg["name"]]
+    for key, rule in MODEL_KEYS.items():
+        if key in cfg:
+            setting(cfg, key, prefix="model", **rule)
+    if "widths" in cfg and (
+        not cfg["widths"] or any(convert(w, int) is None or int(w) < 1 for w in cfg["widths"])
+    ):
+        raise UsageError(f"model.widths={cfg['widths']} must be a non-empty list of channel counts >= 1")
+    if "kernel_size" in cfg and int(cfg["kernel_size"]) % 2 == 0:
+        raise UsageError(f"model.kernel_size={cfg['kernel_size']} must be odd (a 'same' convolution)")
     integrator = integrator_name(cfg)
     INTEGRATORS[integrator]  # unknown names list the valid ones
     if integrator not in family.integrators:

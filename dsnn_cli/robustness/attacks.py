@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsnn_cli.config import setting
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.registry import Registry
@@ -392,20 +393,38 @@ def check_model(model: nn.Module) -> None:
 
 # Config keys that select the evaluation, not the attack's own settings.
 EVALUATION_KEYS = {"name", "n_examples", "device"}
+# The ranges of the settings the attacks share (each attack takes the ones in its signature).
+SETTING_RANGES: dict[str, dict[str, Any]] = {
+    "steps": {"kind": int, "low": 1},
+    "restarts": {"kind": int, "low": 1},
+    "step_size": {"kind": float, "low": 0, "low_open": True},
+    "batch_size": {"kind": int, "low": 1},
+    "n_target_classes": {"kind": int, "low": 1},
+    "square_queries": {"kind": int, "low": 1},
+    "seed": {"kind": int},
+    "random_init": {"kind": bool},
+    "schedule": {"kind": str, "choices": ("constant", "cosine")},
+}
 
 
 def attack_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The attack's own keyword arguments from its config node, checked against its signature."""
+    """The attack's own keyword arguments from its config node, checked against its signature
+    and the settings' ranges (one UsageError line naming the key)."""
     settings = {k: v for k, v in cfg.items() if k not in EVALUATION_KEYS}
     if "losses" in settings:
         settings["losses"] = tuple(settings["losses"])
     ATTACKS.check_settings(cfg["name"], settings, n_args=4)  # after model, images, labels, eps
+    for key, rule in SETTING_RANGES.items():
+        if key in settings:
+            settings[key] = setting(settings, key, prefix="attack", **rule)
+    if "n_examples" in cfg:
+        setting(cfg, "n_examples", int, "attack", low=1, nullable=True)
     return settings
 
 
 def build_attack(
-    cfg: Mapping[str, Any],
+    name: str, settings: Mapping[str, Any]
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, float], AttackResult]:
-    """An attack function with its config bound: attack(model, images, labels, eps)."""
-    fn, settings = ATTACKS[cfg["name"]], attack_settings(cfg)
+    """An attack function with its checked settings bound: attack(model, images, labels, eps)."""
+    fn = ATTACKS[name]
     return lambda model, images, labels, eps: fn(model, images, labels, eps, **settings)

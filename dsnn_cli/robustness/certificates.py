@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
+from dsnn_cli.errors import UsageError
 from dsnn_cli.models.inference import predict
+from dsnn_cli.models.networks import image_size
 
 
 def lipschitz_bound(model: nn.Module) -> float | None:
@@ -84,8 +86,6 @@ def format_eps(eps: float) -> str:
 
 def parse_eps(value) -> list[float]:
     """eps from the command line: a number, 'a/b' (e.g. 8/255), or a list of them; all >= 0."""
-    from dsnn_cli.errors import UsageError
-
     items = [value] if isinstance(value, (str, int, float)) or value is None else list(value)
     result = []
     for item in items:
@@ -105,3 +105,15 @@ def parse_eps(value) -> list[float]:
     if not result:
         raise UsageError("eps is empty; give at least one radius, e.g. eps=0.3")
     return result
+
+
+def check_radii(eps_list: list[float], data_info: dict, key: str = "eps") -> None:
+    """Refuse radii beyond the diameter of the [0, 1] pixel box: no perturbation is that large."""
+    dim = int(data_info["in_channels"]) * math.prod(int(s) for s in image_size(data_info))
+    diameter = math.sqrt(dim)
+    too_large = [eps for eps in eps_list if eps > diameter]
+    if too_large:
+        raise UsageError(
+            f"{key}={too_large[0]:g} exceeds the diameter of the [0, 1] pixel box ({diameter:.4g} for "
+            f"{dim}-dimensional inputs): every perturbation is smaller; give radii <= {diameter:.4g}"
+        )

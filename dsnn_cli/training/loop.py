@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsnn_cli.config import setting
 from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
@@ -29,6 +30,58 @@ from dsnn_cli.training.losses import build_loss
 from dsnn_cli.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("dsnn.train")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The `trainer` group, validated: how long, in what batches, where, and what to keep."""
+
+    max_epochs: int
+    batch_size: int
+    eval_batch_size: int
+    device: str
+    limit_batches: int | None
+    select: str
+    resume: bool
+    init_from: str | None
+    channels_last: bool
+    threads: int | None
+    progress: bool | None
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
+        """Check every key of the group (types and ranges) or raise one UsageError line."""
+        return cls(
+            max_epochs=setting(node, "max_epochs", int, "trainer", low=1),
+            batch_size=setting(node, "batch_size", int, "trainer", low=1),
+            eval_batch_size=setting(node, "eval_batch_size", int, "trainer", low=1),
+            device=setting(node, "device", str, "trainer"),
+            limit_batches=setting(node, "limit_batches", int, "trainer", low=1, nullable=True),
+            select=setting(node, "select", str, "trainer", choices=("best", "last")),
+            resume=setting(node, "resume", bool, "trainer"),
+            init_from=setting(node, "init_from", str, "trainer", nullable=True),
+            channels_last=setting(node, "channels_last", bool, "trainer"),
+            threads=setting(node, "threads", int, "trainer", low=1, nullable=True),
+            progress=setting(node, "progress", bool, "trainer", nullable=True),
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What is optimised and how: the loss, optimiser and schedule groups, the seed, augmentation."""
+
+    loss: Mapping[str, Any]
+    optim: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
+    seed: int
+    augment: bool
+
+    def check(self) -> None:
+        """Build loss, optimiser and schedule on a stand-in parameter, so that a bad setting is
+        refused before any data is read or a run directory is written."""
+        build_loss(self.loss)
+        optimizer = build_optimizer(self.optim, [nn.Parameter(torch.zeros(1))])
+        build_scheduler(self.scheduler, optimizer, epochs=1, batches_per_epoch=1)
 
 
 @dataclass
@@ -80,25 +133,15 @@ class Task:
         return row["val_acc"] if self.classification else -row["val_loss"]
 
 
-def make_task(cfg: Mapping[str, Any], data: ImageData | VectorData) -> Task:
+def make_task(loss: Mapping[str, Any], data: ImageData | VectorData, data_name: str) -> Task:
     regression = isinstance(data, VectorData)
-    loss = cfg["loss"]["name"]
-    if regression and loss != "mse":
-        raise UsageError(f"data={cfg['data']['name']} is a regression task: use loss=mse (got loss={loss})")
-    if not regression and loss == "mse":
+    if regression and loss["name"] != "mse":
+        raise UsageError(f"data={data_name} is a regression task: use loss=mse (got loss={loss['name']})")
+    if not regression and loss["name"] == "mse":
         raise UsageError(
-            f"data={cfg['data']['name']} is a classification task: "
-            "use loss=hinge, cross_entropy or lipschitz_margin"
+            f"data={data_name} is a classification task: use loss=hinge, cross_entropy or lipschitz_margin"
         )
-    return Task(not regression, build_loss(cfg["loss"]))
-
-
-def check_training_config(cfg: Mapping[str, Any]) -> None:
-    """Build loss, optimiser and schedule once on a stand-in parameter, so that a bad setting
-    is refused before any data is read or a run directory is written."""
-    build_loss(cfg["loss"])
-    optimizer = build_optimizer(cfg["optim"], [nn.Parameter(torch.zeros(1))])
-    build_scheduler(cfg["scheduler"], optimizer, epochs=1, batches_per_epoch=1)
+    return Task(not regression, build_loss(loss))
 
 
 def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
@@ -107,29 +150,32 @@ def batches_per_epoch(n: int, batch_size: int, limit: int | None) -> int:
 
 
 def fit(
-    model: nn.Module, data: ImageData | VectorData, cfg: Mapping[str, Any], run: RunDir, device: torch.device
+    model: nn.Module,
+    data: ImageData | VectorData,
+    task: Task,
+    trainer: TrainerConfig,
+    recipe: Recipe,
+    run: RunDir,
+    device: torch.device,
 ) -> dict:
-    """Train `model` on `data.train` as configured; returns what the summary needs."""
-    trainer = cfg["trainer"]
-    epochs, batch_size = int(trainer["max_epochs"]), int(trainer["batch_size"])
-    limit = trainer["limit_batches"]
-    task = make_task(cfg, data)
-    fmt = memory_format(trainer) if task.classification else torch.contiguous_format
+    """Train `model` on `data.train`; returns what the summary needs."""
+    epochs, batch_size, limit = trainer.max_epochs, trainer.batch_size, trainer.limit_batches
+    fmt = memory_format(trainer.channels_last and task.classification)
     assert data.train is not None
     train_split = data.train.to(device)
     val_split = data.val.to(device) if data.val is not None and len(data.val) else None
     model.to(device=device, memory_format=fmt)
-    optimizer = build_optimizer(cfg["optim"], model.parameters())
+    optimizer = build_optimizer(recipe.optim, model.parameters())
     steps = batches_per_epoch(len(train_split), batch_size, limit)
-    scheduler = build_scheduler(cfg["scheduler"], optimizer, epochs, steps)
-    generator = torch.Generator().manual_seed(int(cfg["seed"]))
+    scheduler = build_scheduler(recipe.scheduler, optimizer, epochs, steps)
+    generator = torch.Generator().manual_seed(recipe.seed)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0}
-    if trainer["resume"] and (run.checkpoints / LAST).is_file():
+    if trainer.resume and (run.checkpoints / LAST).is_file():
         state = resume(run, model, optimizer, scheduler, generator)
         run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
-    augment = isinstance(data, ImageData) and bool(cfg["data"]["augment"])
-    with progress_bar(trainer["progress"]) as bar:
+    augment = isinstance(data, ImageData) and recipe.augment
+    with progress_bar(trainer.progress) as bar:
         progress = bar.add_task("train", total=(epochs - state["epoch"]) * steps, status="")
         for epoch in range(state["epoch"] + 1, epochs + 1):
             started = time.perf_counter()
@@ -159,7 +205,7 @@ def fit(
                 )
             state["epoch"] = epoch
             run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
-            save_training_state(run, model, optimizer, scheduler, generator, state, cfg, best=improved)
+            save_training_state(run, model, optimizer, scheduler, generator, state, best=improved)
             run.update(
                 epochs=epoch,
                 val_acc=row.get("val_acc"),
@@ -176,7 +222,7 @@ def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fm
         row["train_acc"] = round(stats.acc, 6)
     row["lr"] = optimizer.param_groups[0]["lr"]
     if val_split is not None:
-        row.update(task.evaluate(model, val_split, int(trainer["eval_batch_size"]), fmt))
+        row.update(task.evaluate(model, val_split, trainer.eval_batch_size, fmt))
     return row
 
 
@@ -188,7 +234,7 @@ def format_row(row: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def save_training_state(run, model, optimizer, scheduler, generator, state, cfg, best: bool) -> None:
+def save_training_state(run, model, optimizer, scheduler, generator, state, best: bool) -> None:
     extra = {
         "epoch": state["epoch"],
         "training": {

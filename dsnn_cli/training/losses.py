@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsnn_cli.errors import UsageError
+from dsnn_cli.config import check
 from dsnn_cli.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
 
 @LOSSES.register("hinge")
-def hinge(margin: float = 0.15) -> nn.Module:
+def hinge(margin: float) -> nn.Module:
     """The paper's multi-class hinge: sum over j != y of max(0, margin - (z_y - z_j)) / classes."""
-    return nn.MultiMarginLoss(margin=float(margin))
+    return nn.MultiMarginLoss(margin=check("loss.margin", margin, float, low=0, low_open=True))
 
 
 class LipschitzMarginLoss(nn.Module):
@@ -33,11 +33,9 @@ class LipschitzMarginLoss(nn.Module):
 
     def __init__(self, eps: float, lipschitz: float, temperature: float) -> None:
         super().__init__()
-        if eps < 0:
-            raise UsageError(f"loss.eps={eps} must be >= 0")
-        for key, value in (("lipschitz", lipschitz), ("temperature", temperature)):
-            if value <= 0:
-                raise UsageError(f"loss.{key}={value} must be > 0")
+        check("loss.eps", eps, float, low=0)
+        check("loss.lipschitz", lipschitz, float, low=0, low_open=True)
+        check("loss.temperature", temperature, float, low=0, low_open=True)
         self.offset = math.sqrt(2.0) * lipschitz * eps
         self.temperature = temperature
 
@@ -47,14 +45,16 @@ class LipschitzMarginLoss(nn.Module):
 
 
 @LOSSES.register("lipschitz_margin")
-def lipschitz_margin(eps: float = 0.3, lipschitz: float = 1.0, temperature: float = 0.25) -> nn.Module:
+def lipschitz_margin(eps: float, lipschitz: float, temperature: float) -> nn.Module:
     """Certification-sized cross-entropy: `eps` the target radius, `lipschitz` the model's bound."""
     return LipschitzMarginLoss(float(eps), float(lipschitz), float(temperature))
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+def cross_entropy(label_smoothing: float) -> nn.Module:
+    return nn.CrossEntropyLoss(
+        label_smoothing=check("loss.label_smoothing", label_smoothing, float, low=0, high=0.99)
+    )
 
 
 @LOSSES.register("mse")

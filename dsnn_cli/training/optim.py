@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from dsnn_cli.config import check
 from dsnn_cli.errors import UsageError
 from dsnn_cli.registry import Registry
 
@@ -19,26 +20,39 @@ OPTIMIZERS: Registry = Registry("optim")
 SCHEDULES: Registry = Registry("scheduler")
 
 
+def rate(lr: float, weight_decay: float) -> tuple[float, float]:
+    return check("optim.lr", lr, float, low=0, low_open=True), check(
+        "optim.weight_decay", weight_decay, float, low=0
+    )
+
+
+def moments(betas: Any) -> tuple[float, float]:
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise UsageError(f"optim.betas={betas} must be two numbers in [0, 1)")
+    return tuple(check("optim.betas", b, float, low=0, high=0.9999) for b in betas)  # type: ignore[return-value]
+
+
 @OPTIMIZERS.register("sgd")
-def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
+def sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool):
+    lr, weight_decay = rate(lr, weight_decay)
+    momentum = check("optim.momentum", momentum, float, low=0, high=0.9999)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 @OPTIMIZERS.register("adam")
-def adam(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0):
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+def adam(params, lr: float, betas: Any, weight_decay: float):
+    lr, weight_decay = rate(lr, weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=moments(betas), weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.01):
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+def adamw(params, lr: float, betas: Any, weight_decay: float):
+    lr, weight_decay = rate(lr, weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=moments(betas), weight_decay=weight_decay)
 
 
 def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    if float(kwargs.get("lr", 0)) <= 0:
-        raise UsageError(f"optim.lr={kwargs.get('lr')} must be > 0")
-    return OPTIMIZERS.build(cfg["name"], kwargs, params)
+    return OPTIMIZERS.build(cfg["name"], {k: v for k, v in cfg.items() if k != "name"}, params)
 
 
 @SCHEDULES.register("none")
@@ -47,12 +61,17 @@ def constant(epochs: int) -> Callable[[float], float]:
 
 
 @SCHEDULES.register("step")
-def step(epochs: int, step_size: int = 30, gamma: float = 0.1) -> Callable[[float], float]:
+def step(epochs: int, step_size: int, gamma: float) -> Callable[[float], float]:
+    check("scheduler.step_size", step_size, int, low=1)
+    check("scheduler.gamma", gamma, float, low=0, high=1, low_open=True)
     return lambda t: gamma ** math.floor(t / step_size)
 
 
 @SCHEDULES.register("cosine")
-def cosine(epochs: int, warmup_epochs: float = 0.0, final_factor: float = 0.0) -> Callable[[float], float]:
+def cosine(epochs: int, warmup_epochs: float, final_factor: float) -> Callable[[float], float]:
+    check("scheduler.warmup_epochs", warmup_epochs, float, low=0)
+    check("scheduler.final_factor", final_factor, float, low=0, high=1)
+
     def factor(t: float) -> float:
         if t < warmup_epochs:
             return (t + 1e-3) / warmup_epochs
@@ -63,8 +82,10 @@ def cosine(epochs: int, warmup_epochs: float = 0.0, final_factor: float = 0.0) -
 
 
 @SCHEDULES.register("onecycle")
-def onecycle(epochs: int, peak_epoch: float = 0.25, final_factor: float = 0.0) -> Callable[[float], float]:
+def onecycle(epochs: int, peak_epoch: float, final_factor: float) -> Callable[[float], float]:
     """Linear warm-up to the peak (as a fraction of training), then linear decay."""
+    check("scheduler.peak_epoch", peak_epoch, float, low=0, high=1, low_open=True)
+    check("scheduler.final_factor", final_factor, float, low=0, high=1)
     peak = peak_epoch * epochs
 
     def factor(t: float) -> float:
