@@ -4,11 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 EPS ?= 0.3
+MINUTES ?= 22
 # One run directory per `make run`, named to the microsecond.
 RUN_DIR := outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench smoke clean
+.PHONY: help install run test test-all lint format bench bench-budget smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -20,8 +21,8 @@ $(BIN)/dsnn: pyproject.toml
 
 install: $(BIN)/dsnn ## create .venv and install dsnn with its test tools
 
-run: $(BIN)/dsnn ## train the default model, attack it at EPS (0.3) and print the results (ARGS=overrides)
-	$(BIN)/dsnn train hydra.run.dir=$(RUN_DIR) $(ARGS)
+run: $(BIN)/dsnn ## train the default model for MINUTES (22), attack it at EPS (0.3), report (ARGS=overrides)
+	$(BIN)/dsnn train hydra.run.dir=$(RUN_DIR) trainer.max_minutes=$(MINUTES) $(ARGS)
 	$(BIN)/dsnn attack run=$(RUN_DIR) eps=$(EPS)
 	$(BIN)/dsnn report dir=$(RUN_DIR)
 
@@ -47,6 +48,9 @@ format: $(BIN)/dsnn ## ruff format and autofix
 
 bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process)
 	$(BIN)/python benchmarks/bench_training.py
+
+bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for MINUTES (3) on ROOT (a CIFAR-10 copy)
+	$(BIN)/python benchmarks/bench_budget.py --minutes $(or $(BUDGET_MINUTES),3) $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

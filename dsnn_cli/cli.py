@@ -96,12 +96,18 @@ def sweep_argv(overrides: list[str]) -> list[str]:
 
 
 def attack_argv(overrides: list[str]) -> list[str]:
-    """Refuse `run=` pointing nowhere before Hydra creates it as its run directory."""
+    """Without `run=`, the most recent finished run under outputs/ (said on stderr); refuse
+    `run=` pointing nowhere before Hydra creates it as its run directory."""
     from dsnn_cli.errors import UsageError
+    from dsnn_cli.rundir import latest_finished_run
 
     runs = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "run"]
     if not runs and not is_help(overrides):
-        raise UsageError("missing run=RUN_DIR: the run directory of a dsnn train run (see dsnn report)")
+        latest = latest_finished_run("outputs")
+        if latest is None:
+            raise UsageError("no finished run under outputs/ to use: give run=RUN_DIR (a dsnn train run)")
+        print(f"dsnn: using the most recent finished run, run={latest}", file=sys.stderr)
+        return [*overrides, f"run={latest}"]
     for value in runs:
         if not Path(value).expanduser().is_dir():
             raise UsageError(f"run={value} is not a directory; give a run directory written by dsnn train")

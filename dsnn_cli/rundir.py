@@ -143,3 +143,20 @@ class RunDir:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         kept = [row for row in rows if row.get("epoch", 0) <= keep_epochs]
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def latest_finished_run(root: Path | str = "outputs") -> Path | None:
+    """The most recently finished classification run under `root` (by its summary's mtime), or None.
+
+    Why: `dsnn attack eps=0.3` right after `dsnn train` should attack that run, not fail.
+    """
+    found = []
+    for path in Path(root).glob("**/" + SUMMARY):
+        summary = read_json(path)
+        if (
+            isinstance(summary, dict)
+            and summary.get("status") == "done"
+            and summary.get("test_acc") is not None
+        ):
+            found.append((path.stat().st_mtime, path.parent))
+    return max(found)[1] if found else None

@@ -143,3 +143,13 @@ def test_certified_points_broken_only_by_rounding_are_rechecked_in_float64():
     assert model(flipped[:1]).argmax(1) != y[:1]
     with pytest.raises(DsnnError, match="confirmed in float64"):
         check_certificates(model, real, certified, y, 0.1)
+
+
+def test_broken_examples_come_from_as_many_classes_as_possible():
+    from dsnn_cli.commands.attack import spread_over_classes
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])  # test points sorted by class, as ImageFolder's
+    broken = torch.tensor([0, 1, 2, 4, 6, 7, 9])
+    chosen = spread_over_classes(broken, labels, 5)
+    assert chosen.tolist() == [0, 4, 6, 9, 1]  # one of each class first, then the second of each
+    assert spread_over_classes(broken, labels, 20).tolist() == [0, 4, 6, 9, 1, 7, 2]

@@ -88,7 +88,7 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
         (
             ("train", "model=nope"),
             2,
-            "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, mass, naive",
+            "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, lipschitz_paper, mass, naive",
         ),
         (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
@@ -100,7 +100,6 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
             "drop a key a preset left behind with ~loss.margin",
         ),
         (("train", "experiment=paper_cifar10", "optim=adam"), 2, "optim=adam has no setting momentum"),
-        (("attack",), 2, "missing run=RUN_DIR"),
         (("attack", "run=/no/such/run"), 2, "is not a directory"),
         (("attack", f"run={REPO}", "eps=-0.1"), 2, "must be a finite number >= 0"),
         (("attack", f"run={REPO}"), 2, "has no checkpoint"),
@@ -110,6 +109,19 @@ def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
 )
 def test_bad_input_is_one_line(args, code, text):
     assert_one_line_error(run_cli(*args), code, text)
+
+
+def test_attack_and_certify_without_run_use_the_latest_finished_run(tmp_path):
+    assert_one_line_error(run_cli("attack", cwd=tmp_path), 2, "no finished run under outputs/")
+    older, newer = tmp_path / "outputs" / "runs" / "a", tmp_path / "outputs" / "runs" / "b"
+    for run in (older, newer):
+        assert run_cli("train", *TINY, "model=resnet", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    attack = run_cli("attack", "eps=0.3", "debug=smoke", cwd=tmp_path)
+    assert attack.returncode == 0, attack.stderr
+    assert "run=outputs/runs/b" in attack.stderr and (newer / "attack-pgd.json").is_file()
+    assert not (older / "attack-pgd.json").exists()
+    certify = run_cli("certify", "eps=[0.1]", cwd=tmp_path)
+    assert certify.returncode == 0 and (newer / "certify.json").is_file()
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path):
@@ -122,7 +134,10 @@ def test_hydra_flags_pass_through():
     cfg = run_cli("train", "model=resnet", "--cfg", "job")
     assert cfg.returncode == 0 and "name: resnet" in cfg.stdout
     helped = run_cli("train", "--help")
-    assert helped.returncode == 0 and "model: lipschitz, lipschitz_flexible, mass, naive" in helped.stdout
+    assert (
+        helped.returncode == 0
+        and "model: lipschitz, lipschitz_flexible, lipschitz_paper, mass, naive" in helped.stdout
+    )
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

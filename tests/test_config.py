@@ -17,7 +17,7 @@ from dsnn_cli.models.integrators import INTEGRATORS
 from dsnn_cli.models.networks import build_model
 from dsnn_cli.robustness.attacks import ATTACKS, attack_settings
 from dsnn_cli.training.losses import build_loss
-from dsnn_cli.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from dsnn_cli.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VECTOR_DATA = {"sir", "skew", "abc", "cubic", "function"}
@@ -37,7 +37,9 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_mirror_registries():
-    assert set(options("model")) == set(FAMILIES.names())
+    names = {option: compose_config("train", [f"model={option}"]).model.name for option in options("model")}
+    assert set(names.values()) == set(FAMILIES.names())
+    assert all(names.get(family) == family for family in FAMILIES.names())  # each family has its option
     assert set(options("data")) == set(DATASETS.names())
     assert set(options("optim")) == set(OPTIMIZERS.names())
     assert set(options("scheduler")) == set(SCHEDULES.names())
@@ -50,7 +52,7 @@ def test_groups_mirror_registries():
 @pytest.mark.parametrize("integrator", options("model/integrator"))
 def test_every_model_with_every_integrator(model, integrator):
     cfg = compose_config("train", [*TINY, f"model={model}", f"model/integrator={integrator}"])
-    family = FAMILIES[model]
+    family = FAMILIES[cfg.model.name]
     if integrator in family.integrators:
         if "image" in family.spaces:
             assert build_model(cfg.model, INFO)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
@@ -78,11 +80,9 @@ def test_every_optimizer_and_schedule(optim, scheduler):
     cfg = compose_config("train", [*TINY, f"optim={optim}", f"scheduler={scheduler}"])
     params = [torch.nn.Parameter(torch.zeros(3))]
     opt = build_optimizer(cfg.optim, params)
-    sched = build_scheduler(cfg.scheduler, opt, epochs=3, batches_per_epoch=4)
-    for _ in range(12):
-        opt.step()
-        sched.step()
-    assert all(group["lr"] >= 0 for group in opt.param_groups)
+    schedule = build_schedule(cfg.scheduler, opt, epochs=3)
+    rates = [schedule.set(step / 4) for step in range(13)]
+    assert all(rate >= 0 for rate in rates) and rates[0] <= cfg.optim.lr * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("loss", options("loss"))

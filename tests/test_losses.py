@@ -56,3 +56,21 @@ def test_minimising_lipschitz_margin_loss_pushes_margins_past_certification():
 def test_lipschitz_margin_loss_refuses_bad_settings(key, kwargs):
     with pytest.raises(UsageError, match=f"loss.{key}="):
         LipschitzMarginLoss(**kwargs)
+
+
+def test_pairwise_offsets_sit_exactly_at_the_pairwise_certificate():
+    """With head rows w, margins z_y - z_j of exactly eps L ||w_y - w_j|| leave the shifted logits
+    equal (loss T log C); one less than that for one j and the loss rises."""
+    rows = torch.nn.functional.normalize(torch.randn(5, 7, dtype=torch.float64), dim=1)
+    loss = LipschitzMarginLoss(eps=0.3, lipschitz=1.0, temperature=0.25)
+    labels = torch.tensor([0, 2, 4])
+    distances = torch.cdist(rows, rows)
+    logits = 3.0 - 0.3 * distances[labels]  # z_y = 3, z_j = 3 - eps ||w_y - w_j||
+    assert float(loss(logits, labels, rows)) == pytest.approx(0.25 * math.log(5), rel=1e-12)
+    closer = logits.clone()
+    closer[0, 1] += 0.05
+    assert float(loss(closer, labels, rows)) > 0.25 * math.log(5)
+    # without rows the offsets are the uniform sqrt(2) L eps
+    uniform = torch.full((3, 5), 3.0 - math.sqrt(2) * 0.3, dtype=torch.float64)
+    uniform[torch.arange(3), labels] = 3.0
+    assert float(loss(uniform, labels)) == pytest.approx(0.25 * math.log(5), rel=1e-12)

@@ -19,7 +19,7 @@ from dsnn_cli.models.networks import build_model
 from dsnn_cli.models.operators import ConvOperator
 from dsnn_cli.models.spaces import ImageSpace, VectorSpace
 from dsnn_cli.models.step_sizes import largest_expansive_step
-from dsnn_cli.robustness.certificates import lipschitz_bound
+from dsnn_cli.robustness.certificates import lipschitz_bound, pairwise_certificate
 
 INFO = {
     "kind": "image",
@@ -36,8 +36,12 @@ CERTIFIED = [
     ("nonexpansive", {}),
     ("lipschitz", {"contractive": "orthogonal"}),
     ("lipschitz", {"contractive": "spectral"}),
+    ("lipschitz", {"contractive_kernel": 1, "contractive_width": 2, "substeps": 1, "h_contractive": None}),
+    ("lipschitz", {"contractive_kernel": 3, "contractive_width": 2, "expansive_init": "identity"}),
+    ("lipschitz", {"stem": "conv", "downsample": "maxpool", "head": "dense"}),
     ("lipschitz_flexible", {}),
 ]
+IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in CERTIFIED]
 
 
 # The settings every family's tests share, where the family's YAML has the key.
@@ -140,9 +144,7 @@ def test_orthogonal_contraction_factor_is_attained():
     assert measured_lipschitz(step, x) == pytest.approx(0.75, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    "family,extra", CERTIFIED, ids=[f"{f}-{e.get('contractive', '')}" for f, e in CERTIFIED]
-)
+@pytest.mark.parametrize("family,extra", CERTIFIED, ids=IDS)
 @pytest.mark.parametrize("normalize", ["mean", "mean_std"])
 def test_network_bound_dominates_measured_lipschitz(family, extra, normalize):
     torch.manual_seed(0)
@@ -150,15 +152,28 @@ def test_network_bound_dominates_measured_lipschitz(family, extra, normalize):
     randomize_biases(model)
     bound = lipschitz_bound(model)
     x = torch.rand(12, 3, 8, 8, dtype=torch.float64)
-    measured = measured_lipschitz(model, x)
+    measured = measured_lipschitz(model.features, x)
     assert 0 < measured <= bound * (1 + REL)
     declared = model.certificate()["declared_bound"]
     assert bound <= declared * (1 + 1e-5)
 
 
-@pytest.mark.parametrize(
-    "family,extra", CERTIFIED, ids=[f"{f}-{e.get('contractive', '')}" for f, e in CERTIFIED]
-)
+@pytest.mark.parametrize("family,extra", CERTIFIED, ids=IDS)
+def test_pairwise_certificate_dominates_measured_logit_differences(family, extra):
+    """Each z_i - z_j is L ||w_i - w_j||-Lipschitz: what certified radii divide by."""
+    torch.manual_seed(1)
+    model = build_model(model_cfg(family, **extra), INFO).double().eval()
+    randomize_biases(model)
+    certificate = pairwise_certificate(model)
+    x = torch.rand(12, 3, 8, 8, dtype=torch.float64)
+    for i, j in [(0, 1), (2, 4), (3, 1)]:
+        difference = lambda inputs, i=i, j=j: (model(inputs)[:, i] - model(inputs)[:, j])[:, None]  # noqa: E731
+        measured = measured_lipschitz(difference, x)
+        assert 0 < measured <= float(certificate.pairs[i, j]) * (1 + REL)
+    assert float(certificate.pairs.max()) <= 2 * certificate.bound * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("family,extra", CERTIFIED, ids=IDS)
 def test_vector_network_bound_dominates_measured_lipschitz(family, extra):
     torch.manual_seed(0)
     model = build_model(model_cfg(family, width=4, **extra), VECTOR_INFO).double().eval()
@@ -175,14 +190,14 @@ def test_orthogonal_lipschitz_network_is_one_lipschitz_by_construction():
 
 def test_bound_recomputes_norms_instead_of_trusting_sigma():
     """Break the constraint behind the model's back: the bound must follow the weights."""
-    model = build_model(model_cfg("nonexpansive"), INFO).double().eval()
+    model = build_model(model_cfg("nonexpansive", stem="conv"), INFO).double().eval()
     before = lipschitz_bound(model)
     with torch.no_grad():
-        model.head.weight.mul_(50.0)  # sigma is stale: the head's norm now far exceeds 1
+        model.stem.conv.weight.mul_(50.0)  # sigma is stale: the lift's norm now far exceeds 1
     after = lipschitz_bound(model)
     assert after > 5 * before
     x = torch.rand(8, 3, 8, 8, dtype=torch.float64)
-    assert measured_lipschitz(model, x) <= after * (1 + REL)
+    assert measured_lipschitz(model.features, x) <= after * (1 + REL)
 
 
 def test_normalisation_factor_enters_the_bound():
@@ -213,7 +228,7 @@ def test_soft_penalties_enter_the_loss():
     penalty = naive.regularization()
     assert penalty is not None and float(penalty.detach()) > 0
     penalty.backward()
-    assert naive.blocks[0].steps[0].field.A.weight.grad is not None
+    assert naive.stages[0].steps[0].field.A.weight.grad is not None
     assert build_model(model_cfg("lipschitz"), INFO).regularization() is None
 
 
@@ -249,8 +264,8 @@ def test_flexible_step_sizes_stay_certified_after_training_moves_them():
             if name.endswith(("theta", "phi")):
                 p.normal_(0, 3.0)  # anywhere an optimiser might take them
     model.eval()
-    for block in model.blocks:
-        expansive, contractive = block.steps[0], block.steps[1]
+    for stage in model.stages:
+        expansive, contractive = stage.steps[0], stage.steps[1]
         h_c = float(contractive.step_size.value().detach())
         assert 0.5 <= h_c <= 2.0
         assert (
@@ -259,7 +274,7 @@ def test_flexible_step_sizes_stay_certified_after_training_moves_them():
         )
     assert lipschitz_bound(model) <= 1.0 + 1e-5
     x = torch.rand(8, 3, 8, 8, dtype=torch.float64)
-    assert measured_lipschitz(model, x) <= lipschitz_bound(model) * (1 + REL)
+    assert measured_lipschitz(model.features, x) <= lipschitz_bound(model) * (1 + REL)
 
 
 def test_families_refuse_integrators_they_do_not_admit():
@@ -315,3 +330,44 @@ def test_every_family_is_registered_with_its_facts():
     }
     assert FAMILIES["mass"].spaces == ("vector",) and FAMILIES["splitting"].spaces == ("vector",)
     assert set(FAMILIES["volume"].integrators) == {"strang", "lie_trotter"}
+
+
+def test_isometric_stem_and_downsampling_keep_or_project_the_signal():
+    from dsnn_cli.models.stages import FirstChannelsUnshuffle, PadChannels
+
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    padded = PadChannels(3, 16)(x)
+    assert padded.shape == (4, 16, 8, 8) and torch.allclose(
+        padded.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1)
+    )
+    y = torch.randn(4, 16, 8, 8, dtype=torch.float64)
+    down = FirstChannelsUnshuffle(16, 32)(y)
+    assert down.shape == (4, 32, 4, 4)
+    assert torch.allclose(
+        down.flatten(1).norm(dim=1), y[:, :8].flatten(1).norm(dim=1)
+    )  # a permutation of kept channels
+    with pytest.raises(UsageError, match="multiple of 4"):
+        FirstChannelsUnshuffle(16, 30)
+    with pytest.raises(UsageError, match="at most 4 x 4"):
+        FirstChannelsUnshuffle(4, 32)
+
+
+def test_identity_start_makes_each_pair_norm_preserving_where_the_bias_keeps_it_active():
+    """W = I, v > 0: the expansive step is x -> (1 + h_E) x + h_E v, the exact inverse gain of the
+    contraction c = (M - m) / (M + m) at h_C = 2 / (m + M), so the pair's Jacobian is orthogonal."""
+    cfg = model_cfg("lipschitz", widths=[4], activation={"name": "leaky_relu", "alpha": 0.1})
+    cfg.update(h_contractive=None, substeps=1, expansive_init="identity", expansive_bias=5.0)
+    cfg.update(contractive_kernel=1, contractive_width=1)  # a square A: D's slopes are A^T D A's eigenvalues
+    model = build_model(cfg, {**INFO, "image_size": 2}).double().eval()
+    expansive, contractive = model.stages[0].steps
+    assert contractive.step_size.value() == pytest.approx(2 / 1.1)
+    c = (1 - 0.1) / (1 + 0.1)
+    assert contractive.lipschitz_factor() == pytest.approx(c, rel=1e-9)
+    assert expansive.step_size.value() == pytest.approx(1 / c - 1, rel=1e-9)
+    pair = lambda x: contractive(expansive(x))  # noqa: E731
+    x = 0.1 * torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda v: pair(v.view(1, 4, 2, 2)).flatten(), x[0].flatten()
+    )
+    singular = torch.linalg.svdvals(jacobian)
+    assert torch.allclose(singular, torch.ones_like(singular), atol=1e-9)

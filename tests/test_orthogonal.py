@@ -180,3 +180,36 @@ def test_penalty_is_differentiable():
     kernel = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     orthogonality_penalty(kernel).backward()
     assert float(kernel.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("hidden", [3, 6, 12])
+def test_tall_isometries_have_orthonormal_columns(hidden):
+    """A maps 3 channels into `hidden` ones with A^T A = I: per pixel (1x1), as a Cayley
+    convolution, and on flat vectors; the contractive factor rests on exactly that."""
+    from dsnn_cli.models.orthogonal import CayleyChannelOperator
+
+    generator = torch.Generator().manual_seed(hidden)
+    for op in (
+        CayleyChannelOperator(3, hidden).double(),
+        CayleyConvOperator(3, (4, 5), 3, hidden).double(),
+        CayleyDenseOperator(3, hidden).double(),
+    ):
+        with torch.no_grad():
+            op.weight.copy_(torch.randn(op.weight.shape, generator=generator, dtype=torch.float64))
+        a = op.effective_weight()
+        shape = (
+            (2, 3, 4, 5)
+            if not isinstance(op, CayleyDenseOperator) or isinstance(op, CayleyChannelOperator)
+            else (2, 3)
+        )
+        x = torch.randn(shape, dtype=torch.float64, generator=generator)
+        ax = op.apply_with(x, a)
+        assert ax.shape[1] == hidden
+        assert float(ax.flatten(1).norm(dim=1).sub(x.flatten(1).norm(dim=1)).abs().max()) < 1e-10  # isometry
+        assert torch.allclose(op.adjoint_with(ax, a), x, atol=1e-10)  # A^T A = I
+        y = torch.randn(ax.shape, dtype=torch.float64, generator=generator)
+        assert float((ax * y).sum()) == pytest.approx(float((x * op.adjoint_with(y, a)).sum()), rel=1e-10)
+        low, high = op.singular_value_range()
+        assert abs(low - 1) < 1e-10 and abs(high - 1) < 1e-10
+        if hidden > 3:  # and A A^T is not the identity: a genuinely tall map
+            assert float((op.apply_with(op.adjoint_with(y, a), a) - y).abs().max()) > 0.1

@@ -53,8 +53,8 @@ def test_cifar100_preset_starts_from_cifar10_weights_with_a_new_head(tmp_path):
     initialise_from(fresh, source, cfg)
     old = load_model(source).state_dict()
     new = fresh.state_dict()
-    assert new["head.weight"].shape[0] == 100 and old["head.weight"].shape[0] == 10
-    lift = "blocks.0.lift.weight"
+    assert new["head.linear.weight"].shape[0] == 100 and old["head.linear.weight"].shape[0] == 10
+    lift = "stem.conv.weight"
     assert torch.equal(new[lift], old[lift])
 
 

@@ -239,7 +239,7 @@ def test_plots_are_skipped_without_attack_files(tmp_path, caplog):
         run_report(tmp_path)
     assert not (tmp_path / "report.png").exists() and not (tmp_path / "adversarial.png").exists()
     messages = [r.message for r in caplog.records]
-    assert "no run has attack files: no report.png" in messages
+    assert "no run has attack or certificate results: no report.png" in messages
     assert any(m.endswith("no adversarial.png") for m in messages)
 
 
@@ -264,6 +264,27 @@ def test_many_runs_are_plotted_as_one_mean_curve_per_configuration(tmp_path, mon
     assert flat(curves[0].points) == pytest.approx([0.0, 0.8, 0.5, (4 * 0.2 + 3 * 0.3) / 7])
     assert flat(curves[1].points) == pytest.approx([0.5, 0.1])
     assert flat(curves[2].points) == pytest.approx([0.0, 0.8, 0.5, 0.9]) and "optim.lr=0.1" in curves[2].label
+
+
+def test_the_certified_curve_uses_every_radius_the_run_recorded(tmp_path, monkeypatch):
+    """One attacked eps, but train certified a whole grid (and certify.json, when there, the full
+    test set): the dashed curve has every point, and the richest record wins."""
+    grid = {"0": 0.8, "0.0313725": 0.6, "0.141176": 0.4, "0.3": 0.25, "0.5": 0.1}
+    run = make_run(tmp_path, "a", attacks={"pgd": [(0.3, 0.4)]}, certified={0.3: 0.25})
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "certified": grid}))
+    drawn: list[list[pictures.Curve]] = []
+    monkeypatch.setattr(
+        "dsnn_cli.report.figures.plot_accuracy_curves", lambda curves, path, title="": drawn.append(curves)
+    )
+    run_report(tmp_path)
+    certified = [c for c in drawn[-1] if c.kind == "certified"]
+    assert [len(c.points) for c in certified] == [5]
+    results = [{"eps": e, "clean": 0.8, "certified": c} for e, c in [(0.0, 0.79), (0.3, 0.24), (1.0, 0.0)]]
+    (run / "certify.json").write_text(json.dumps({"results": results}))
+    run_report(tmp_path)
+    (certified,) = [c for c in drawn[-1] if c.kind == "certified"]
+    assert flat(certified.points) == pytest.approx([0.0, 0.79, 0.3, 0.24, 1.0, 0.0])
 
 
 def test_the_perturbation_is_shown_around_mid_grey():

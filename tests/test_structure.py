@@ -71,7 +71,7 @@ def test_volume_step_on_images_has_unit_jacobian_determinant(integrator):
     }
     model = build_model(cfg, info).double().eval()
     randomize(model, 0.5)
-    steps = model.blocks[0].steps
+    steps = model.stages[0].steps
     x = torch.randn(4, 4, 4, dtype=torch.float64)
 
     def flow(state: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,8 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
 
     real_save = training.save_training_state
 
-    def save_then_crash(run, model, optimizer, scheduler, generator, state, best):
-        real_save(run, model, optimizer, scheduler, generator, state, best)
+    def save_then_crash(run, model, optimizer, generator, state, best):
+        real_save(run, model, optimizer, generator, state, best)
         if state["epoch"] == 1:
             raise KeyboardInterrupt  # the run is killed right after its first checkpoint
 

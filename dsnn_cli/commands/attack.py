@@ -34,7 +34,7 @@ from dsnn_cli.robustness.certificates import (
     float64_logits,
     format_eps,
     lipschitz_bound,
-    logit_margins,
+    pairwise_certificate,
     parse_eps,
 )
 from dsnn_cli.rundir import atomic_write_json, read_json
@@ -66,10 +66,12 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     )
     images, labels = images.to(device), labels.to(device)
     bound = lipschitz_bound(model)
-    reference = margins = None
-    if bound is not None:  # certify from float64 margins: rounding cannot fake a certificate
+    reference = radii = None
+    certificate = pairwise_certificate(model)
+    if certificate is not None:  # certify from float64 logits: rounding cannot fake a certificate
         reference = float64_copy(model)
-        margins = logit_margins(float64_logits(reference, images.split(250), device), labels.cpu()).to(device)
+        logits = float64_logits(reference, images.split(250), device)
+        radii = certificate.radii(logits, labels.cpu()).to(device)
     log.info(
         "attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
         attack_cfg["name"],
@@ -84,7 +86,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
         for eps in eps_list:
             outcome = attack(model, images, labels, eps)
-            certified = None if margins is None else certified_mask(margins, bound, eps)
+            certified = None if radii is None else certified_mask(radii, eps)
             if certified is not None:
                 certified = certified & outcome.correct
                 check_certificates(reference, outcome, certified, labels, eps)
@@ -129,14 +131,25 @@ def examples_path(run_dir: Path, name: str) -> Path:
 
 
 def broken_examples(model, images, labels, outcome, k: int = EXAMPLES_PER_EPS) -> dict[str, torch.Tensor]:
-    """Up to k points the attack broke: clean and adversarial images with both predictions."""
-    idx = (outcome.correct & ~outcome.robust).nonzero().squeeze(1)[:k]
+    """Up to k points the attack broke, from as many classes as possible (the first broken point
+    of each class, then the second, ...): clean and adversarial images with both predictions."""
+    idx = spread_over_classes((outcome.correct & ~outcome.robust).nonzero().squeeze(1), labels, k)
     clean, adversarial = images[idx].cpu(), outcome.adversarial[idx].cpu()
     predicted = torch.empty(0, dtype=torch.long)
     if idx.numel():  # an empty batch is not a valid FFT size for the orthogonal layers
         with torch.no_grad():
             predicted = model(outcome.adversarial[idx]).argmax(1).cpu()
     return {"images": clean, "adversarial": adversarial, "labels": labels[idx].cpu(), "predicted": predicted}
+
+
+def spread_over_classes(indices: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k of `indices` taken round-robin over their labels, in index order within each."""
+    ranks = torch.zeros_like(indices)
+    for label in labels[indices].unique():
+        members = (labels[indices] == label).nonzero().squeeze(1)
+        ranks[members] = torch.arange(len(members), device=indices.device)
+    order = sorted(range(len(indices)), key=lambda i: (int(ranks[i]), int(indices[i])))
+    return indices[torch.tensor(order[:k], dtype=torch.long, device=indices.device)]
 
 
 def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] | None) -> None:

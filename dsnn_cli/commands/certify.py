@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
@@ -25,6 +26,7 @@ from dsnn_cli.robustness.certificates import (
     format_eps,
     lipschitz_bound,
     logit_margins,
+    pairwise_certificate,
     parse_eps,
 )
 from dsnn_cli.rundir import atomic_write_json
@@ -50,7 +52,9 @@ def run_certify(cfg) -> dict[str, Any]:
     logits = float64_logits(float64_copy(model), images.split(batch_size), device)
     margins = logit_margins(logits, labels)
     correct = logits.argmax(1) == labels
-    certified = certified_accuracy(margins, bound, eps_list, correct)
+    certificate = pairwise_certificate(model)
+    radii = None if certificate is None else certificate.radii(logits, labels)
+    certified = None if radii is None else certified_accuracy(radii, eps_list, correct)
     results = [
         {
             "eps": eps,
@@ -64,9 +68,8 @@ def run_certify(cfg) -> dict[str, Any]:
         "certificate": model.certificate(),
         "n": int(len(labels)),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
-        "margin_quantiles": {q: float(margins[correct].quantile(q)) for q in (0.1, 0.5, 0.9)}
-        if bool(correct.any())
-        else None,
+        "margin_quantiles": quantiles(margins[correct]),
+        "radius_quantiles": None if radii is None else quantiles(radii[correct]),
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,
@@ -74,6 +77,11 @@ def run_certify(cfg) -> dict[str, Any]:
     atomic_write_json(run_dir / "certify.json", record)
     print_certify_table(run_dir, record)
     return record
+
+
+def quantiles(values: torch.Tensor) -> dict[float, float] | None:
+    """The 10/50/90% quantiles of correctly classified points' margins or radii."""
+    return {q: float(values.quantile(q)) for q in (0.1, 0.5, 0.9)} if values.numel() else None
 
 
 def print_certify_table(run_dir: Path, record: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from dsnn_cli.robustness.certificates import (
     float64_copy,
     float64_logits,
     lipschitz_bound,
-    logit_margins,
+    pairwise_certificate,
     parse_eps,
 )
 from dsnn_cli.robustness.structure import flow_map_metrics
@@ -122,8 +122,11 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
             "certificate": model.certificate(),
             "epochs": state["epoch"],
             "selected_epoch": payload.get("epoch"),
+            "n_train": len(data.train),
             "n_test": len(data.test),
             "train_seconds": round(state["seconds"], 3),
+            "train_images": state["images"],
+            "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
             "seconds": round(time.perf_counter() - started, 3),
         }
         save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
@@ -196,9 +199,10 @@ def test_metrics(model, data, trainer: TrainerConfig, certify_eps, device) -> di
         }
     correct = outputs.argmax(1) == targets
     certified = None
-    if bound is not None:  # margins of a float64 copy: rounding cannot fake a certificate
+    certificate = pairwise_certificate(model)
+    if certificate is not None:  # logits of a float64 copy: rounding cannot fake a certificate
         logits = float64_logits(float64_copy(model), (x for x, _ in batches(data.test, batch)), device)
-        certified = certified_accuracy(logit_margins(logits, targets), bound, certify_eps, correct)
+        certified = certified_accuracy(certificate.radii(logits, targets), certify_eps, correct)
     return {"test_acc": float(correct.float().mean()), "lipschitz_bound": bound, "certified": certified}
 
 

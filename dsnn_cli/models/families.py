@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from dsnn_cli.config import setting
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import Activation
 from dsnn_cli.models.fields import (
@@ -172,26 +173,45 @@ def validate_nonexpansive(cfg: Mapping[str, Any], activation: Activation) -> Non
 
 
 def contractive_field(ctx: StepContext) -> GradientField:
+    cfg = ctx.cfg
     return GradientField(
-        ctx.space, ctx.width, ctx.activation, ctx.cfg["contractive"], float(ctx.cfg["ortho_penalty"])
+        ctx.space,
+        ctx.width,
+        ctx.activation,
+        cfg["contractive"],
+        float(cfg["ortho_penalty"]),
+        hidden=int(cfg["contractive_width"]) * ctx.width,
+        kernel_size=int(cfg["contractive_kernel"]),
     )
+
+
+def expansive_field(ctx: StepContext) -> ExpansiveField:
+    init, bias = ctx.cfg["expansive_init"], float(ctx.cfg["expansive_bias"])
+    return ExpansiveField(ctx.space, ctx.width, ctx.activation, init, bias)
+
+
+def contractive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float:
+    """model.h_contractive, or (null) 2 / (m + M): the step whose factor (M - m) / (M + m) is the
+    smallest, where the gradient step reflects and scales every direction alike."""
+    h_c = cfg["h_contractive"]
+    return 2.0 / (activation.slope_min + activation.slope_max) if h_c is None else float(h_c)
 
 
 def expansive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float:
     """model.h_expansive, or (null) the largest value the step-size rule admits."""
     h_e = cfg["h_expansive"]
     if h_e is None:
-        return float(largest_expansive_step(float(cfg["h_contractive"]), fractions_of(cfg), activation))
+        h_c = contractive_step_size(cfg, activation)
+        return float(largest_expansive_step(h_c, fractions_of(cfg), activation))
     return float(h_e)
 
 
 def lipschitz_steps(ctx: StepContext) -> list[nn.Module]:
-    h_c, h_e = float(ctx.cfg["h_contractive"]), expansive_step_size(ctx.cfg, ctx.activation)
+    h_c = contractive_step_size(ctx.cfg, ctx.activation)
+    h_e = expansive_step_size(ctx.cfg, ctx.activation)
     steps: list[nn.Module] = []
     for _ in range(int(ctx.cfg["steps"]) // 2):
-        steps.append(
-            Step(ExpansiveField(ctx.space, ctx.width, ctx.activation), ctx.integrator, h_e, ctx.fractions)
-        )
+        steps.append(Step(expansive_field(ctx), ctx.integrator, h_e, ctx.fractions))
         steps.append(Step(contractive_field(ctx), ctx.integrator, h_c, ctx.fractions))
     return steps
 
@@ -207,6 +227,12 @@ def check_pairs(cfg: Mapping[str, Any]) -> None:
         raise UsageError(
             f"model.contractive={contractive} is unknown (valid: {', '.join(CONTRACTIVE_OPERATORS)})"
         )
+    kernel = setting(cfg, "contractive_kernel", int, "model", low=1)
+    if kernel % 2 == 0:
+        raise UsageError(f"model.contractive_kernel={kernel} must be odd (1: per pixel)")
+    setting(cfg, "contractive_width", int, "model", low=1)
+    setting(cfg, "expansive_init", str, "model", choices=("identity", "kaiming"))
+    setting(cfg, "expansive_bias", float, "model")
 
 
 def check_contractive_step(h_c: float, cfg: Mapping[str, Any], activation: Activation, key: str) -> None:
@@ -218,7 +244,7 @@ def check_contractive_step(h_c: float, cfg: Mapping[str, Any], activation: Activ
 
 def validate_lipschitz(cfg: Mapping[str, Any], activation: Activation) -> None:
     check_pairs(cfg)
-    h_c = float(cfg["h_contractive"])
+    h_c = contractive_step_size(cfg, activation)
     check_contractive_step(h_c, cfg, activation, "model.h_contractive")
     h_e, largest = cfg["h_expansive"], float(largest_expansive_step(h_c, fractions_of(cfg), activation))
     if h_e is not None and not 0.0 <= float(h_e) <= largest * (1 + 1e-12):
@@ -245,9 +271,7 @@ def flexible_steps(ctx: StepContext) -> list[nn.Module]:
         h_e = BoundedStepSize(
             lambda h_c=h_c: largest_expansive_step(h_c.value(), ctx.fractions, ctx.activation), fraction
         )
-        steps.append(
-            Step(ExpansiveField(ctx.space, ctx.width, ctx.activation), ctx.integrator, h_e, ctx.fractions)
-        )
+        steps.append(Step(expansive_field(ctx), ctx.integrator, h_e, ctx.fractions))
         steps.append(Step(contractive_field(ctx), ctx.integrator, h_c, ctx.fractions))
     return steps
 

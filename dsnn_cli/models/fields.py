@@ -108,21 +108,31 @@ class GradientField(VectorField):
 
     `operator` chooses A: ``orthogonal`` (exact isometry, A^T A = I), ``spectral``
     (||A|| <= 1), ``penalty`` (free, soft orthogonality penalty: uncertified) or ``free``.
+    A maps the width channels to `hidden` >= width ones (an isometry keeps A^T A = I, so the
+    factor is unchanged); an orthogonal A is a convolution of `kernel_size`, or per pixel at 1.
     """
 
     def __init__(
-        self, space, width: int, activation: Activation, operator: str = "spectral", penalty: float = 0.0
+        self,
+        space,
+        width: int,
+        activation: Activation,
+        operator: str = "spectral",
+        penalty: float = 0.0,
+        hidden: int | None = None,
+        kernel_size: int | None = None,
     ) -> None:
         super().__init__(activation)
         if operator not in GRADIENT_OPERATORS:
             raise ValueError(f"operator must be one of {', '.join(GRADIENT_OPERATORS)}")
         self.operator = operator
+        hidden = width if hidden is None else int(hidden)
         self.A = (
-            space.orthogonal(width)
+            space.orthogonal(width, hidden, kernel_size)
             if operator == "orthogonal"
-            else space.operator(width, width, constrained=operator == "spectral")
+            else space.operator(width, hidden, constrained=operator == "spectral")
         )
-        self.bias = space.bias(width)
+        self.bias = space.bias(hidden)
         self.penalty = float(penalty)
 
     def bind(self) -> Field:
@@ -156,12 +166,25 @@ class GradientField(VectorField):
 
 
 class ExpansiveField(VectorField):
-    """f(x) = s(Wx + v) with ||W|| <= 1: factor 1 + tau M ||W|| per Euler step."""
+    """f(x) = s(Wx + v) with ||W|| <= 1: factor 1 + tau M ||W|| per Euler step.
 
-    def __init__(self, space, width: int, activation: Activation) -> None:
+    ``init="identity"`` starts from W = I and v = `bias` > 0, so that where Wx + v > 0 the step
+    is the uniform gain 1 + tau M: it undoes the contraction of a neighbouring gradient step
+    and the pair starts out norm-preserving rather than shrinking the signal layer by layer.
+    """
+
+    def __init__(
+        self, space, width: int, activation: Activation, init: str = "kaiming", bias: float = 0.0
+    ) -> None:
         super().__init__(activation)
         self.W = space.operator(width, width, constrained=True)
+        if init == "identity":
+            self.W.start_at_identity()
+        elif init != "kaiming":
+            raise ValueError(f"init must be identity or kaiming, got {init}")
         self.bias = space.bias(width)
+        with torch.no_grad():
+            self.bias.fill_(float(bias))
 
     def bind(self) -> Field:
         kw = self.W.effective_weight()

@@ -1,9 +1,10 @@
-"""The architectures the families fill: the paper's CIFAR network and a vector network.
+"""The architectures the families fill: the CIFAR network and a vector network.
 
-Image network: normalisation, then per block a lifting convolution, `steps` dynamic layers
-and a 2x2 max-pool, then a linear head. In certified families the lifting convolutions and
-the head have norm <= 1, max-pooling over disjoint windows is 1-Lipschitz, and the
-normalisation contributes 1 / min(std).
+Image network: normalisation, a stem into the first width, then per stage `steps` dynamic
+layers and a 2x2 downsampling into the next width, then a linear head (`stages.py` has the
+choices and their factors). The normalisation contributes 1 / min(std) (1 for mean-only).
+`lipschitz_factors` covers everything up to the head's input, the features; certificates
+then bound each logit difference z_i - z_j by L ||w_i - w_j|| through the head's rows.
 
 Vector network (low-dimensional states: ODE flow maps, function regression): an optional
 lift to `model.width`, the dynamic layers, an optional linear read-out. With
@@ -30,8 +31,9 @@ from dsnn_cli.models.families import (
     fractions_of,
 )
 from dsnn_cli.models.integrators import INTEGRATORS
-from dsnn_cli.models.operators import ConstrainedNorm, ConvOperator, DenseOperator
+from dsnn_cli.models.operators import ConstrainedNorm, DenseOperator
 from dsnn_cli.models.spaces import ImageSpace, VectorSpace
+from dsnn_cli.models.stages import DOWNSAMPLES, HEADS, STEMS
 
 NORMALIZATIONS = ("mean", "mean_std", "none")
 
@@ -51,20 +53,18 @@ class Normalize(nn.Module):
         return 1.0 / float(self.std.min())
 
 
-class Block(nn.Module):
-    """Lifting convolution, dynamic layers, 2x2 max-pool."""
+class Stage(nn.Module):
+    """The dynamic layers of one resolution, then the downsampling into the next."""
 
-    def __init__(self, lift: ConvOperator, steps: list[nn.Module]) -> None:
+    def __init__(self, steps: list[nn.Module], downsample: nn.Module) -> None:
         super().__init__()
-        self.lift = lift
         self.steps = nn.ModuleList(steps)
-        self.pool = nn.MaxPool2d(2)
+        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.lift(x)
         for step in self.steps:
             x = step(x)
-        return self.pool(x)
+        return self.downsample(x)
 
 
 class DynamicsNet(nn.Module):
@@ -109,7 +109,7 @@ class DynamicsNet(nn.Module):
 
 
 class ImageNet(DynamicsNet):
-    """The CIFAR architecture: images in [0, 1], logits out."""
+    """The CIFAR architecture: images in [0, 1] of the size it was built for, logits out."""
 
     def __init__(self, family: Family, cfg: Mapping[str, Any], data_info: Mapping[str, Any]):
         super().__init__()
@@ -119,44 +119,65 @@ class ImageNet(DynamicsNet):
         activation = build_activation(cfg["activation"])
         integrator = INTEGRATORS[integrator_name(cfg)]
         widths = [int(w) for w in cfg["widths"]]
-        size = image_size(data_info)
+        size = self.input_size = image_size(data_info)
         if any(s % 2 ** len(widths) for s in size):
             raise UsageError(
-                f"image size {size} is not divisible by 2^{len(widths)} (one 2x2 pool per block "
-                f"of model.widths={widths}); use fewer blocks or another data.image_size"
+                f"image size {size} is not divisible by 2^{len(widths)} (one 2x2 downsampling per stage "
+                f"of model.widths={widths}); use fewer stages or another data.image_size"
             )
+        kernel, constrained = int(cfg["kernel_size"]), self.certified
         self.normalize = make_normalize(cfg, data_info)
-        constrained = self.certified
-        blocks, channels = [], int(data_info["in_channels"])
-        for width in widths:
-            space = ImageSpace(size, int(cfg["kernel_size"]))
-            lift = space.operator(channels, width, constrained)
-            context = StepContext(cfg, width, space, activation, integrator, fractions_of(cfg))
-            blocks.append(Block(lift, family.make_steps(context)))
-            channels, size = width, (size[0] // 2, size[1] // 2)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = DenseOperator(channels * size[0] * size[1], int(data_info["num_classes"]), constrained)
+        self.stem = STEMS[cfg["stem"]](int(data_info["in_channels"]), widths[0], size, kernel, constrained)
+        stages = []
+        for i, width in enumerate(widths):
+            space = ImageSpace(size, kernel)
+            steps = family.make_steps(
+                StepContext(cfg, width, space, activation, integrator, fractions_of(cfg))
+            )
+            following = widths[i + 1] if i + 1 < len(widths) else width
+            stages.append(
+                Stage(steps, DOWNSAMPLES[cfg["downsample"]](width, following, size, kernel, constrained))
+            )
+            size = (size[0] // 2, size[1] // 2)
+        self.stages = nn.ModuleList(stages)
+        self.head = HEADS[cfg["head"]](
+            widths[-1] * size[0] * size[1], int(data_info["num_classes"]), constrained
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the flattened output of the last stage."""
+        if tuple(x.shape[-2:]) != self.input_size:
+            raise UsageError(
+                f"the model was built (and certified) for {self.input_size[0]}x{self.input_size[1]} images, "
+                f"got {x.shape[-2]}x{x.shape[-1]}: its convolution bounds hold for that size only"
+            )
+        x = self.stem(self.normalize(x))
+        for stage in self.stages:
+            x = stage(x)
+        return torch.flatten(x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(torch.flatten(x, 1))
+        return self.head(self.features(x))
+
+    def classifier_rows(self) -> torch.Tensor:
+        """The head's rows w_i as applied (a logit difference z_i - z_j is L ||w_i - w_j||-Lipschitz)."""
+        return self.head.rows()
 
     def lipschitz_factors(self, nominal: bool = False) -> list[tuple[str, float]] | None:
-        """Proven l2 Lipschitz factor of every layer in order, or None if not certified."""
+        """Proven l2 Lipschitz factor of every layer up to the features, or None if not certified."""
         if not self.certified:
             return None
-        factors = [("normalize", self.normalize.lipschitz_factor())]
-        for b, block in enumerate(self.blocks):
-            factors.append((f"blocks.{b}.lift", 1.0 if nominal else block.lift.norm_bound()))
-            for s, step in enumerate(block.steps):
+        factors = [
+            ("normalize", self.normalize.lipschitz_factor()),
+            ("stem", self.stem.lipschitz_factor(nominal)),
+        ]
+        for i, stage in enumerate(self.stages):
+            for s, step in enumerate(stage.steps):
                 factor = step.lipschitz_factor(nominal)
                 if factor is None:
                     return None
-                factors.append((f"blocks.{b}.steps.{s}", factor))
-            factors.append((f"blocks.{b}.pool", 1.0))
-        factors.append(("head", 1.0 if nominal else self.head.norm_bound()))
+                factors.append((f"stages.{i}.steps.{s}", factor))
+            factors.append((f"stages.{i}.downsample", stage.downsample.lipschitz_factor(nominal)))
         return factors
 
 
@@ -246,7 +267,7 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "substeps": {"kind": int, "low": 1},
     "kernel_size": {"kind": int, "low": 1},
     "h": {"kind": float},
-    "h_contractive": {"kind": float},
+    "h_contractive": {"kind": float, "nullable": True},
     "h_expansive": {"kind": float, "low": 0, "nullable": True},
     "ortho_penalty": {"kind": float, "low": 0},
     "expansive_fraction": {"kind": float},
@@ -273,6 +294,10 @@ def check_model_config(cfg: Mapping[str, Any]) -> Family:
         raise UsageError(f"model.widths={cfg['widths']} must be a non-empty list of channel counts >= 1")
     if "kernel_size" in cfg and int(cfg["kernel_size"]) % 2 == 0:
         raise UsageError(f"model.kernel_size={cfg['kernel_size']} must be odd (a 'same' convolution)")
+    for registry in (STEMS, DOWNSAMPLES, HEADS):
+        key = registry.key.split(".")[-1]
+        if key in cfg:
+            registry[cfg[key]]  # unknown names list the valid ones
     integrator = integrator_name(cfg)
     INTEGRATORS[integrator]  # unknown names list the valid ones
     if integrator not in family.integrators:

@@ -79,6 +79,21 @@ class ConstrainedNorm(nn.Module, ABC):
             bound = self.exact_norm_bound(self.weight) * (1.0 + CALIBRATION_MARGIN)
             self.sigma.fill_(bound)
 
+    @torch.no_grad()
+    def start_at_identity(self) -> None:
+        """Initialise the weight to the identity map (a square operator), norm 1."""
+        self.weight.zero_()
+        eye = torch.eye(self.weight.shape[0], self.weight.shape[1])
+        if self.weight.dim() == 4:
+            k1, k2 = self.weight.shape[-2:]
+            self.weight[:, :, k1 // 2, k2 // 2] = eye
+        else:
+            self.weight.copy_(eye)
+        if self.constrained:
+            for _ in range(WARMUP_ITERATIONS):
+                self._power_step(self.weight)
+            self.calibrate()
+
     def norm_bound(self) -> float:
         """Proven upper bound on the norm of the operator used in eval mode."""
         weight = self.weight

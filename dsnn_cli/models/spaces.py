@@ -25,10 +25,16 @@ class ImageSpace:
     def operator(self, c_in: int, c_out: int, constrained: bool = False) -> ConvOperator:
         return ConvOperator(c_in, c_out, self.size, self.kernel_size, constrained)
 
-    def orthogonal(self, channels: int) -> nn.Module:
-        from dsnn_cli.models.orthogonal import CayleyConvOperator
+    def orthogonal(
+        self, channels: int, hidden: int | None = None, kernel_size: int | None = None
+    ) -> nn.Module:
+        """An isometry channels -> hidden: a Cayley convolution, or per pixel when kernel_size is 1."""
+        from dsnn_cli.models.orthogonal import CayleyChannelOperator, CayleyConvOperator
 
-        return CayleyConvOperator(channels, self.size, self.kernel_size)
+        kernel_size = self.kernel_size if kernel_size is None else int(kernel_size)
+        if kernel_size == 1:
+            return CayleyChannelOperator(channels, hidden)
+        return CayleyConvOperator(channels, self.size, kernel_size, hidden)
 
     def bias(self, channels: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -42,10 +48,13 @@ class VectorSpace:
     def operator(self, c_in: int, c_out: int, constrained: bool = False) -> DenseOperator:
         return DenseOperator(c_in, c_out, constrained, bias=False)
 
-    def orthogonal(self, channels: int) -> nn.Module:
+    def orthogonal(
+        self, channels: int, hidden: int | None = None, kernel_size: int | None = None
+    ) -> nn.Module:
+        """An isometry channels -> hidden (dense: there is no kernel)."""
         from dsnn_cli.models.orthogonal import CayleyDenseOperator
 
-        return CayleyDenseOperator(channels)
+        return CayleyDenseOperator(channels, hidden)
 
     def bias(self, channels: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(1, channels))

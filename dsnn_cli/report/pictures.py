@@ -14,10 +14,10 @@ from dsnn_cli.report.runs import (
     PAPER_ATTACK,
     STRONG_ATTACKS,
     RunRecord,
+    certified_curve,
     log,
     robust_curve,
     run_name,
-    strongest_attack,
 )
 
 # The eps of the adversarial.png picture (the paper's headline radius).
@@ -40,15 +40,9 @@ def run_curves(records: list[RunRecord], root: Path) -> list[list[Curve]]:
             Curve(f"{name} [{attack}]", family, "robust", attack, robust_curve(data["results"]))
             for attack, data in record.attacks.items()
         ]
-        source = strongest_attack(record.attacks) or next(iter(record.attacks), None)
-        if source is not None:
-            certified = sorted(
-                (float(r["eps"]), float(r["certified"]))
-                for r in record.attacks[source]["results"]
-                if r.get("certified") is not None
-            )
-            if certified:
-                curves.append(Curve(f"{name} certified", family, "certified", source, certified))
+        certified = certified_curve(record)
+        if certified:
+            curves.append(Curve(f"{name} certified", family, "certified", "certified", certified))
         per_run.append([c for c in curves if c.points])
     return per_run
 
@@ -79,7 +73,7 @@ def write_accuracy_plot(root: Path, records: list[RunRecord], groups: list[Group
     per_run = run_curves(records, root)
     curves = [curve for curves in per_run for curve in curves]
     if not curves:
-        log.info("no run has attack files: no %s", path.name)
+        log.info("no run has attack or certificate results: no %s", path.name)
         path.unlink(missing_ok=True)  # an older plot would show other runs
         return None
     if len(curves) > MAX_CURVES:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnn_cli.config import to_plain
+from dsnn_cli.console import eps_label
 from dsnn_cli.rundir import CONFIG, SUMMARY, read_json
 
 log = logging.getLogger("dsnn.report")
@@ -28,6 +29,7 @@ class RunRecord:
     summary: dict[str, Any]
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, Any] | None = None
+    certify: dict[str, Any] | None = None  # certify.json
 
 
 def collect_runs(root: Path) -> list[RunRecord]:
@@ -43,7 +45,9 @@ def collect_runs(root: Path) -> list[RunRecord]:
             data = read_json(attack_file)
             if isinstance(data, dict) and "results" in data:
                 attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
-        records.append(RunRecord(run_dir, summary, attacks, read_config(run_dir / CONFIG)))
+        certify = read_json(run_dir / "certify.json")
+        certify = certify if isinstance(certify, dict) else None
+        records.append(RunRecord(run_dir, summary, attacks, read_config(run_dir / CONFIG), certify))
     return records
 
 
@@ -62,7 +66,31 @@ def read_config(path: Path) -> dict[str, Any] | None:
 
 
 def eps_key(eps: float) -> str:
-    return f"{eps:.4g}"
+    """A radius in a column name, as people write it: 36/255, 0.3."""
+    return eps_label(float(eps))
+
+
+def eps_value(key: str) -> float:
+    """The radius an eps_key names."""
+    numerator, _, denominator = key.partition("/")
+    return float(numerator) / float(denominator) if denominator else float(numerator)
+
+
+def certified_curve(record: RunRecord) -> list[tuple[float, float]]:
+    """(eps, certified accuracy) from the richest record of the run: `dsnn certify` (full test
+    set), else `dsnn train`'s certify.eps, else the strongest attack file's certified column."""
+    if record.certify and record.certify.get("results"):
+        rows = record.certify["results"]
+        return sorted(
+            (float(r["eps"]), float(r["certified"])) for r in rows if r.get("certified") is not None
+        )
+    if record.summary.get("certified"):
+        return sorted((float(eps), float(value)) for eps, value in record.summary["certified"].items())
+    source = strongest_attack(record.attacks) or next(iter(record.attacks), None)
+    if source is None:
+        return []
+    rows = record.attacks[source]["results"]
+    return sorted((float(r["eps"]), float(r["certified"])) for r in rows if r.get("certified") is not None)
 
 
 def run_name(record: RunRecord, root: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnn_cli import console
-from dsnn_cli.report.runs import RunRecord, eps_key, robust_auc, run_name
+from dsnn_cli.report.runs import RunRecord, eps_key, eps_value, robust_auc, run_name
 
 # Regression runs (flow maps, functions): error and the structure the model keeps.
 STRUCTURE_COLUMNS = ["test_mse", "rollout_mse", "invariant_drift", "det_jacobian_error"]
@@ -60,7 +60,7 @@ def add_column(columns: list[str], column: str) -> None:
 
 def column_order(column: str) -> tuple[str, float]:
     prefix, _, eps = column.rpartition("@")
-    return prefix, float(eps)
+    return prefix, eps_value(eps)
 
 
 def is_fraction(column: str) -> bool:

@@ -1,14 +1,18 @@
-"""Lipschitz certificates and certified accuracy from logit margins.
+"""Lipschitz certificates and certified accuracy from logit differences.
 
-If the logits z = N(x) are L-Lipschitz in l2, every difference z_i - z_j is
-sqrt(2) L-Lipschitz (||e_i - e_j|| = sqrt(2)), so a correctly classified point whose
-top-1 minus runner-up margin exceeds sqrt(2) L eps keeps its label for every ||delta|| <= eps.
+If the features a classifier's linear head reads are L-Lipschitz in l2, each logit difference
+z_i - z_j = <w_i - w_j, features> + b_i - b_j is L ||w_i - w_j||-Lipschitz. A correctly
+classified point keeps its label for every ||delta|| <= eps when z_y - z_j > eps L ||w_y - w_j||
+for every j != y: its certified radius is min_j (z_y - z_j) / (L ||w_y - w_j||). For a head
+with ||W|| <= 1 this is never looser than the usual margin > sqrt(2) L eps, since
+||w_i - w_j|| <= sqrt(2) ||W||.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,7 +23,8 @@ from dsnn_cli.models.networks import image_size
 
 
 def lipschitz_bound(model: nn.Module) -> float | None:
-    """Proven upper bound on the l2 Lipschitz constant from [0,1] pixels to logits.
+    """Proven upper bound on the l2 Lipschitz constant from [0,1] pixels to the features the
+    classifier's head reads (to the outputs, for regression networks).
 
     The bound describes the model in eval mode (the weights `calibrate()` fixed). Returns
     None for a model without a certificate, `resnet` included.
@@ -46,28 +51,52 @@ def logit_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return true - others.max(dim=1).values
 
 
-def certified_mask(margins: torch.Tensor, bound: float | None, eps: float) -> torch.Tensor | None:
-    """Points whose margin exceeds sqrt(2) L eps (None when there is no bound)."""
-    if bound is None:
+@dataclass(frozen=True)
+class PairwiseCertificate:
+    """Proven bounds on the Lipschitz constants of all logit differences of a classifier."""
+
+    bound: float  # L, of the features the head reads
+    pairs: torch.Tensor  # (C, C) float64: L ||w_i - w_j||
+
+    def radii(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each point's certified radius: min over j != y of (z_y - z_j) / (L ||w_y - w_j||);
+        <= 0 where the point is misclassified (a pair with equal rows counts by its sign alone)."""
+        logits = logits.to(torch.float64)
+        differences = logits.gather(1, labels[:, None]) - logits  # (N, C): z_y - z_j
+        scales = self.pairs.to(logits.device)[labels]  # (N, C): L ||w_y - w_j||
+        ratios = torch.where(scales > 0, differences / scales.clamp_min(1e-300), differences * math.inf)
+        ratios = torch.nan_to_num(ratios, nan=0.0)
+        ratios.scatter_(1, labels[:, None], math.inf)
+        return ratios.min(dim=1).values
+
+
+def pairwise_certificate(model: nn.Module) -> PairwiseCertificate | None:
+    """The certificate of a classifier from its feature bound and its head's rows (float64),
+    or None without a bound (uncertified families) or without a linear head."""
+    bound = lipschitz_bound(model)
+    rows_of = getattr(model, "classifier_rows", None)
+    if bound is None or rows_of is None:
         return None
-    return margins > math.sqrt(2.0) * bound * eps
+    with torch.no_grad():
+        rows = rows_of().detach().to(device="cpu", dtype=torch.float64)
+    return PairwiseCertificate(bound, bound * torch.cdist(rows, rows))
+
+
+def certified_mask(radii: torch.Tensor, eps: float) -> torch.Tensor:
+    """Points certified at eps: their radius exceeds it."""
+    return radii > eps
 
 
 def certified_accuracy(
-    margins: torch.Tensor, bound: float | None, eps_list, correct: torch.Tensor | None = None
-) -> dict | None:
-    """{eps: fraction certified} for every eps, or None without a bound.
+    radii: torch.Tensor, eps_list, correct: torch.Tensor | None = None
+) -> dict[str, float]:
+    """{eps: fraction certified} for every eps.
 
     `correct` (the deployed model's own predictions) keeps certified <= clean accuracy even
     where float64 margins and float32 predictions disagree at a tie.
     """
-    if bound is None:
-        return None
-    keep = torch.ones_like(margins, dtype=torch.bool) if correct is None else correct
-    fractions = {}
-    for eps in eps_list:
-        fractions[format_eps(eps)] = float((certified_mask(margins, bound, eps) & keep).float().mean())
-    return fractions
+    keep = torch.ones_like(radii, dtype=torch.bool) if correct is None else correct
+    return {format_eps(eps): float((certified_mask(radii, eps) & keep).float().mean()) for eps in eps_list}
 
 
 def float64_copy(model: nn.Module) -> nn.Module:

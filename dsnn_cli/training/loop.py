@@ -26,8 +26,8 @@ from dsnn_cli.errors import UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from dsnn_cli.training.losses import build_loss
-from dsnn_cli.training.optim import build_optimizer, build_scheduler
+from dsnn_cli.training.losses import LipschitzMarginLoss, build_loss
+from dsnn_cli.training.optim import build_optimizer, build_schedule
 
 log = logging.getLogger("dsnn.train")
 
@@ -47,6 +47,7 @@ class TrainerConfig:
     channels_last: bool
     threads: int | None
     progress: bool | None
+    max_minutes: float | None
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -63,7 +64,12 @@ class TrainerConfig:
             channels_last=setting(node, "channels_last", bool, "trainer"),
             threads=setting(node, "threads", int, "trainer", low=1, nullable=True),
             progress=setting(node, "progress", bool, "trainer", nullable=True),
+            max_minutes=setting(node, "max_minutes", float, "trainer", low=0, low_open=True, nullable=True),
         )
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.max_minutes is None else 60.0 * self.max_minutes
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class Recipe:
         refused before any data is read or a run directory is written."""
         build_loss(self.loss)
         optimizer = build_optimizer(self.optim, [nn.Parameter(torch.zeros(1))])
-        build_scheduler(self.scheduler, optimizer, epochs=1, batches_per_epoch=1)
+        build_schedule(self.scheduler, optimizer, epochs=1).set(0.0)
 
 
 @dataclass
@@ -119,11 +125,18 @@ class Task:
     classification: bool
     loss_fn: nn.Module = field(repr=False)
 
+    def loss(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss; a certification loss also sees the head's rows (pairwise offsets)."""
+        if isinstance(self.loss_fn, LipschitzMarginLoss) and hasattr(model, "classifier_rows"):
+            return self.loss_fn(outputs, targets, model.classifier_rows())
+        return self.loss_fn(outputs, targets)
+
     def evaluate(self, model: nn.Module, split: Split, batch_size: int, fmt) -> dict[str, float]:
         model.eval()
         outputs = predict(model, (x for x, _ in batches(split, batch_size)), memory_format=fmt)
         targets = split.targets.cpu()
-        row = {"val_loss": round(float(self.loss_fn(outputs, targets)), 8)}
+        with torch.no_grad():
+            row = {"val_loss": round(float(self.loss(model, outputs, targets)), 8)}
         if self.classification:
             row["val_acc"] = round(float((outputs.argmax(1) == targets).float().mean()), 6)
         return row
@@ -158,8 +171,14 @@ def fit(
     run: RunDir,
     device: torch.device,
 ) -> dict:
-    """Train `model` on `data.train`; returns what the summary needs."""
+    """Train `model` on `data.train`; returns what the summary needs.
+
+    The learning rate follows the schedule over `max_epochs` epochs; with `max_minutes` it
+    follows the clock instead (progress = time spent / budget, as many epochs as fit), so that
+    a run takes the same wall time on any machine.
+    """
     epochs, batch_size, limit = trainer.max_epochs, trainer.batch_size, trainer.limit_batches
+    budget = trainer.budget_seconds
     fmt = memory_format(trainer.channels_last and task.classification)
     assert data.train is not None
     train_split = data.train.to(device)
@@ -167,33 +186,43 @@ def fit(
     model.to(device=device, memory_format=fmt)
     optimizer = build_optimizer(recipe.optim, model.parameters())
     steps = batches_per_epoch(len(train_split), batch_size, limit)
-    scheduler = build_scheduler(recipe.scheduler, optimizer, epochs, steps)
+    schedule = build_schedule(recipe.scheduler, optimizer, epochs)
     generator = torch.Generator().manual_seed(recipe.seed)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0}
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0, "images": 0}
     if trainer.resume and (run.checkpoints / LAST).is_file():
-        state = resume(run, model, optimizer, scheduler, generator)
+        state = resume(run, model, optimizer, generator)
         run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     augment = isinstance(data, ImageData) and recipe.augment
     with progress_bar(trainer.progress) as bar:
-        progress = bar.add_task("train", total=(epochs - state["epoch"]) * steps, status="")
-        for epoch in range(state["epoch"] + 1, epochs + 1):
+        total = budget if budget is not None else (epochs - state["epoch"]) * steps
+        progress = bar.add_task("train", total=total, status="")
+        epoch = state["epoch"]
+        while not finished(state, epochs, budget):
+            epoch += 1
             started = time.perf_counter()
             model.train()
             stats = EpochStats(task.classification)
-            for x, y in batches(
-                train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit
+            for b, (x, y) in enumerate(
+                batches(
+                    train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit
+                )
             ):
+                spent = state["seconds"] + time.perf_counter() - started
+                if budget is not None and spent >= budget:
+                    break
+                schedule.set(epochs * spent / budget if budget is not None else epoch - 1 + b / steps)
                 outputs = model(x.contiguous(memory_format=fmt))
-                loss = task.loss_fn(outputs, y)
+                loss = task.loss(model, outputs, y)
                 penalty = model.regularization()
-                total = loss if penalty is None else loss + penalty
+                total_loss = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                total_loss.backward()
                 optimizer.step()
-                scheduler.step()
                 stats.add(loss.item(), outputs.detach(), y)
-                bar.update(progress, advance=1, status=f"epoch {epoch}/{epochs} {stats.describe()}")
+                state["images"] += int(y.shape[0])
+                done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
+                bar.update(progress, completed=done, status=f"epoch {epoch} {stats.describe()}")
             model.calibrate()
             row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
             state["seconds"] += time.perf_counter() - started
@@ -205,7 +234,7 @@ def fit(
                 )
             state["epoch"] = epoch
             run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
-            save_training_state(run, model, optimizer, scheduler, generator, state, best=improved)
+            save_training_state(run, model, optimizer, generator, state, best=improved)
             run.update(
                 epochs=epoch,
                 val_acc=row.get("val_acc"),
@@ -214,6 +243,11 @@ def fit(
             )
             log.info(format_row(row))
     return state
+
+
+def finished(state: Mapping[str, Any], epochs: int, budget: float | None) -> bool:
+    """Done when the epochs are, or (with a time budget) when the budget is spent."""
+    return state["seconds"] >= budget if budget is not None else state["epoch"] >= epochs
 
 
 def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fmt) -> dict[str, Any]:
@@ -234,12 +268,11 @@ def format_row(row: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def save_training_state(run, model, optimizer, scheduler, generator, state, best: bool) -> None:
+def save_training_state(run, model, optimizer, generator, state, best: bool) -> None:
     extra = {
         "epoch": state["epoch"],
         "training": {
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "state": {k: v for k, v in state.items()},
@@ -250,8 +283,9 @@ def save_training_state(run, model, optimizer, scheduler, generator, state, best
         save_checkpoint(run.checkpoints / BEST, model, epoch=state["epoch"])
 
 
-def resume(run: RunDir, model, optimizer, scheduler, generator) -> dict[str, Any]:
-    """Restore weights, optimizer, schedule and random streams from ``last.pt``."""
+def resume(run: RunDir, model, optimizer, generator) -> dict[str, Any]:
+    """Restore weights, optimizer and random streams from ``last.pt`` (the schedule follows
+    from the progress the state records)."""
     payload = load_checkpoint(run.checkpoints / LAST)
     if payload["model_config"] != model.config["model"]:
         raise UsageError(
@@ -261,7 +295,6 @@ def resume(run: RunDir, model, optimizer, scheduler, generator) -> dict[str, Any
     model.load_state_dict(payload["state_dict"])
     training = payload["training"]
     optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
     generator.set_state(training["generator"])
     torch.set_rng_state(training["torch_rng"])
     return dict(training["state"])

@@ -23,24 +23,35 @@ def hinge(margin: float) -> nn.Module:
 
 
 class LipschitzMarginLoss(nn.Module):
-    """Cross-entropy on logits whose true class is lowered by sqrt(2) L eps (Tsuzuku et al. 2018).
+    """Cross-entropy on logits shifted by what certification at eps needs (Tsuzuku et al. 2018).
 
-    Why: a point is certified at eps when z_y - max_j z_j > sqrt(2) L eps, so the loss pushes
-    the margin past that threshold rather than past 0. Logits of a 1-Lipschitz network span
-    a small range, so they are divided by a temperature before the soft-max; the loss is
-    multiplied by it again so that its gradients keep the scale of the hinge loss's.
+    Why: a point is certified at eps when z_y - z_j > eps L ||w_y - w_j|| for every j != y
+    (the pairwise certificate of a linear head on L-Lipschitz features), so each z_j is raised
+    by that amount and the loss pushes the certified margins past 0, not the plain ones. With
+    `rows` (the head's w_i, differentiable) the offsets are pairwise; without, they are the
+    uniform sqrt(2) L eps of an L-Lipschitz logit map. Logits of a Lipschitz network span a small
+    range, so they are divided by a temperature before the soft-max; the loss is multiplied by
+    it again so that its gradients keep the scale of the hinge loss's.
     """
 
     def __init__(self, eps: float, lipschitz: float, temperature: float) -> None:
         super().__init__()
-        check("loss.eps", eps, float, low=0)
-        check("loss.lipschitz", lipschitz, float, low=0, low_open=True)
-        check("loss.temperature", temperature, float, low=0, low_open=True)
-        self.offset = math.sqrt(2.0) * lipschitz * eps
-        self.temperature = temperature
+        self.eps = check("loss.eps", eps, float, low=0)
+        self.lipschitz = check("loss.lipschitz", lipschitz, float, low=0, low_open=True)
+        self.temperature = check("loss.temperature", temperature, float, low=0, low_open=True)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        shifted = logits - self.offset * F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    def offsets(self, target: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """(N, C): the margin z_y - z_j that certification at eps needs, 0 at j = y."""
+        if rows is None:
+            others = 1.0 - F.one_hot(target, logits.shape[1]).to(logits.dtype)
+            return math.sqrt(2.0) * self.lipschitz * self.eps * others
+        distances = torch.cdist(rows, rows).to(device=logits.device, dtype=logits.dtype)  # zero diagonal
+        return self.lipschitz * self.eps * distances[target]
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shifted = logits + self.offsets(target, logits, rows)
         return F.cross_entropy(shifted / self.temperature, target) * self.temperature
 
 

@@ -96,8 +96,27 @@ def onecycle(epochs: int, peak_epoch: float, final_factor: float) -> Callable[[f
     return factor
 
 
-def build_scheduler(cfg: Mapping[str, Any], optimizer, epochs: int, batches_per_epoch: int):
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    factor = SCHEDULES.build(cfg["name"], kwargs, epochs)
-    per_batch = max(batches_per_epoch, 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i / per_batch))
+class Schedule:
+    """The learning rate as a function of training progress t, in (fractional) epochs.
+
+    Why not a torch LRScheduler: the loop sets t from the batch count or from the clock
+    (`trainer.max_minutes`), and a resumed run recomputes the rate from t alone, so there is
+    no scheduler state to save.
+    """
+
+    def __init__(self, factor: Callable[[float], float], optimizer: torch.optim.Optimizer) -> None:
+        self.factor = factor
+        self.optimizer = optimizer
+        self.base = [group["lr"] for group in optimizer.param_groups]
+
+    def set(self, t: float) -> float:
+        """Set every group's rate for progress t; returns the first group's."""
+        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * self.factor(t)
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def build_schedule(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, epochs: int) -> Schedule:
+    """The `scheduler` group's schedule over `epochs` epochs of training."""
+    factor = SCHEDULES.build(cfg["name"], {k: v for k, v in cfg.items() if k != "name"}, epochs)
+    return Schedule(factor, optimizer)

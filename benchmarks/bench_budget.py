@@ -1,0 +1,128 @@
+"""Accuracy per CPU-minute: every candidate recipe trained for the same wall-clock budget.
+
+    python benchmarks/bench_budget.py --minutes 3 --root ../shared/data/cifar10-jpeg       # short
+    python benchmarks/bench_budget.py --minutes 22 --full-test --root ...                  # make run's
+    python benchmarks/bench_budget.py --minutes 3 --ablations --root ...                    # each lever
+
+Each candidate is a list of `dsnn train` overrides, run one after another in this process on
+the same data (one thread pool, nothing else running: time them alone) with
+`trainer.max_minutes` as the budget, so the learning-rate schedule fits the budget whatever
+the candidate's speed. Printed per candidate: parameters, training images/s, epochs reached,
+clean accuracy and certified accuracy at 36/255 and 0.3 on the test subset (2,000
+class-stratified images unless --full-test), with the proven bound. Results also go to
+outputs/bench/<time>/budget.json, and each candidate's run directory sits beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from dsnn_cli.commands.train import run_train
+from dsnn_cli.console import percent, print_table
+
+# The same budget, side by side: our method, the convex-potential baseline, the unconstrained one.
+CANDIDATES = {
+    "lipschitz (default)": [],
+    "nonexpansive, h=2, ReLU (CPL)": [
+        "model=nonexpansive",
+        "model.h=2",
+        "model.substeps=1",
+        "model.activation.name=relu",
+        "~model.activation.alpha",
+    ],
+    "resnet (uncertified)": ["model=resnet", "loss=cross_entropy"],
+}
+
+# One lever at a time against the default recipe (the README's ablation table).
+ABLATIONS = {
+    "lipschitz (default)": [],
+    "paper skeleton: conv stem, max-pool, dense head": [
+        "model.stem=conv",
+        "model.downsample=maxpool",
+        "model.head=dense",
+    ],
+    "max-pool downsampling": ["model.downsample=maxpool"],
+    "dense head (||W|| <= 1)": ["model.head=dense"],
+    "Cayley 3x3 contraction": ["model.contractive_kernel=3", "model.contractive_width=1"],
+    "contractive width 1": ["model.contractive_width=1"],
+    "Kaiming expansive init": ["model.expansive_init=kaiming", "model.expansive_bias=0"],
+    "alpha 0.5 (the paper's slope)": ["model.activation.alpha=0.5"],
+    "loss eps 36/255": ["loss.eps=0.141176"],
+    "loss temperature 1": ["loss.temperature=1.0"],
+    "cosine schedule": ["scheduler=cosine"],
+    "no augmentation": ["data.augment=false"],
+}
+
+
+def compose_train(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget per candidate")
+    parser.add_argument("--root", help="an ImageFolder CIFAR-10 copy (default: the cifar10 download)")
+    parser.add_argument("--full-test", action="store_true", help="all 10,000 test images")
+    parser.add_argument("--ablations", action="store_true", help="one lever at a time instead")
+    parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("--out", default=f"outputs/bench/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    args = parser.parse_args()
+    data = ["data=imagefolder", f"data.root={args.root}"] if args.root else []
+    data += [] if args.full_test else ["data.limit_test=2000"]
+    budget = [f"trainer.max_minutes={args.minutes}", "certify.eps=[36/255,0.3]"]
+    candidates = ABLATIONS if args.ablations else CANDIDATES
+    out = Path(args.out)
+    results = []
+    for name, overrides in candidates.items():
+        if args.only and name not in args.only:
+            continue
+        run_dir = out / name.split(" ")[0].replace(",", "")
+        run_dir = run_dir.with_name(f"{len(results):02d}_{run_dir.name}")
+        summary = run_train(compose_train([*data, *budget, *overrides]), run_dir)
+        certified = summary["certified"] or {}
+        results.append(
+            {
+                "candidate": name,
+                "overrides": overrides,
+                "params": summary["n_params"],
+                "images_per_second": summary["images_per_second"],
+                "epochs": round(summary["train_images"] / max(summary["n_train"], 1), 2),
+                "test_acc": summary["test_acc"],
+                "certified_36/255": certified.get("0.141176"),
+                "certified_0.3": certified.get("0.3"),
+                "lipschitz_bound": summary["lipschitz_bound"],
+                "n_test": summary["n_test"],
+                "run": str(run_dir),
+            }
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "budget.json").write_text(json.dumps({"minutes": args.minutes, "results": results}, indent=2))
+    rows = [
+        [
+            r["candidate"],
+            str(r["params"]),
+            f"{r['images_per_second']:.0f}",
+            f"{r['epochs']:.1f}",
+            percent(r["test_acc"]),
+            percent(r["certified_36/255"]),
+            percent(r["certified_0.3"]),
+        ]
+        for r in results
+    ]
+    header = ["candidate", "params", "img/s", "epochs", "clean", "cert 36/255", "cert 0.3"]
+    n_test = results[0]["n_test"] if results else 0
+    title = f"{args.minutes:g} min of training per candidate, {n_test} test images"
+    print_table(title, header, rows, left={"candidate"})
+    print(f"wrote {out / 'budget.json'}")
+
+
+if __name__ == "__main__":
+    main()
