@@ -2,9 +2,10 @@
 
     python benchmarks/bench_training.py [--widths 16 32 64] [--batch 128] [--repeats 7]
 
-Each family runs warm-up steps, then `repeats` timed optimisation steps on random CIFAR-sized
-batches; the table gives the median images/s and its ratio to `resnet`. Numbers depend on
-the machine and its load: compare ratios from one run, not absolute values across runs.
+Each model is composed from its YAML (conf/model/<option>.yaml, plus the overrides below),
+runs warm-up steps, then `repeats` timed optimisation steps on random CIFAR-sized batches;
+the table gives the median images/s and its ratio to `resnet`. Numbers depend on the machine
+and its load: compare ratios from one run, not absolute values across runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import statistics
 import time
 
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
+from dsnn_cli.config import to_plain
 from dsnn_cli.models.networks import build_model
 
 INFO = {
@@ -25,34 +29,26 @@ INFO = {
     "mean": [0.49, 0.48, 0.45],
     "std": [0.25, 0.24, 0.26],
 }
+# label -> model option and overrides (the widths are set for all from --widths)
 FAMILIES = {
-    "resnet": {"substeps": 1},
-    "naive": {"h": 0.5, "ortho_penalty": 0.01},
-    "nonexpansive": {},
-    "lipschitz (spectral)": {"name": "lipschitz", "contractive": "spectral"},
-    "lipschitz (orthogonal)": {"name": "lipschitz", "contractive": "orthogonal"},
-    "lipschitz_flexible": {"h_contractive_range": [0.5, 2.0], "expansive_fraction": 0.9},
-    "volume": {"integrator": {"name": "strang"}, "activation": {"name": "tanh"}},
+    "resnet": ["model=resnet"],
+    "lipschitz (default)": ["model=lipschitz"],
+    "lipschitz, Cayley 3x3": ["model=lipschitz", "model.contractive_kernel=3", "model.contractive_width=1"],
+    "lipschitz_paper": ["model=lipschitz_paper"],
+    "lipschitz_flexible": ["model=lipschitz_flexible"],
+    "nonexpansive (CPL)": ["model=nonexpansive", "model.h=2", "model.substeps=1"],
+    "naive": ["model=naive"],
+    "volume": ["model=volume"],
 }
 
 
-def config(label: str, widths: list[int], overrides: dict) -> dict:
-    cfg = {
-        "name": label,
-        "widths": widths,
-        "steps": 2,
-        "substeps": 2,
-        "kernel_size": 3,
-        "h": 1.0,
-        "h_contractive": 1.0,
-        "h_expansive": None,
-        "contractive": "orthogonal",
-        "normalize": None,
-        "activation": {"name": "leaky_relu", "alpha": 0.5},
-        "integrator": {"name": "euler"},
-    }
-    cfg.update(overrides)
-    return cfg
+def model_config(overrides: list[str], widths: list[int]) -> dict:
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[*overrides, f"model.widths=[{','.join(map(str, widths))}]"]
+        )
+    return to_plain(cfg.model)
 
 
 def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool) -> float:
@@ -86,13 +82,13 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, widths {args.widths}, batch {args.batch}")
     baseline = None
-    print(f"{'family':<24} {'img/s':>8} {'vs resnet':>10}")
+    print(f"{'family':<24} {'params':>8} {'img/s':>8} {'vs resnet':>10}")
     for label, overrides in FAMILIES.items():
-        settings = {k: v for k, v in overrides.items() if k != "name"}
-        cfg = config(overrides.get("name", label), args.widths, settings)
+        cfg = model_config(overrides, args.widths)
+        params = sum(p.numel() for p in build_model(cfg, INFO).parameters())
         rate = images_per_second(cfg, args.batch, args.repeats, not args.contiguous)
         baseline = baseline or rate
-        print(f"{label:<24} {rate:8.0f} {rate / baseline:10.2f}")
+        print(f"{label:<24} {params:8d} {rate:8.0f} {rate / baseline:10.2f}")
 
 
 if __name__ == "__main__":

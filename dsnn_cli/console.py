@@ -65,6 +65,6 @@ def eps_label(eps: float) -> str:
     """A radius as people write it: 36/255 for multiples of 1/255, else the shortest decimal."""
     decimal = f"{eps:.6g}"
     k = round(eps * 255)
-    if k and abs(eps * 255 - k) < 1e-6 and len(decimal) > 6:
+    if k and abs(eps * 255 - k) < 1e-3 and len(decimal) > 5:
         return f"{k}/255"
     return decimal

@@ -208,7 +208,7 @@ def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
         note = record.get("certificate_note") or "uncertified model"
         caption = f"no Lipschitz certificate ({note}): certified n/a"
     else:
-        caption = f"Lipschitz bound {bound:.6g}; certified = margin > sqrt(2) * bound * eps"
+        caption = f"Lipschitz bound L = {bound:.6g}; certified: z_y - z_j > eps L ||w_y - w_j|| for every j"
     title = f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})"
     print_eps_table(title, record, ("clean", "robust", "certified"), caption)
 

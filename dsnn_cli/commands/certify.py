@@ -88,7 +88,12 @@ def print_certify_table(run_dir: Path, record: dict[str, Any]) -> None:
     bound = record["lipschitz_bound"]
     note = "no Lipschitz certificate" if bound is None else f"Lipschitz bound {bound:.6g}"
     title = f"dsnn certify: {run_dir} (n={record['n']})"
-    print_eps_table(title, record, ("clean", "certified"), f"{note}; margin > sqrt(2) L eps")
+    print_eps_table(
+        title,
+        record,
+        ("clean", "certified"),
+        f"{note}; certified: z_y - z_j > eps L ||w_y - w_j|| for every j",
+    )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="certify")

@@ -106,7 +106,8 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], sections: list[s
     lines = markdown_lines(columns, rows)
     note = (
         "\nAccuracies in %. robust[attack]@eps: empirical robust accuracy; "
-        "certified@eps: margin > sqrt(2) L eps.\n" + AUC_NOTE + "\n"
+        "certified@eps: z_y - z_j > eps L ||w_y - w_j|| for every j "
+        "(L: the features' bound, w: the head's rows).\n" + AUC_NOTE + "\n"
     )
     return "\n".join(lines) + "\n" + note + "".join(sections)
 
