@@ -49,7 +49,7 @@ format: $(BIN)/dsnn ## ruff format and autofix
 bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process)
 	$(BIN)/python benchmarks/bench_training.py
 
-bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for MINUTES (3) on ROOT (a CIFAR-10 copy)
+bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for BUDGET_MINUTES (3) on ROOT (a CIFAR-10 copy); BENCH_ARGS="--set all"
 	$(BIN)/python benchmarks/bench_budget.py --minutes $(or $(BUDGET_MINUTES),3) $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and outputs/)

@@ -42,6 +42,13 @@ CERTIFIED = [
     ("lipschitz_flexible", {}),
 ]
 IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in CERTIFIED]
+# Image-only layouts: per-stage step counts, a learned projection, dense steps on the features.
+IMAGE_CERTIFIED = [
+    *CERTIFIED,
+    ("lipschitz", {"steps": [2, 4], "downsample": "unshuffle_project", "dense_steps": 2, "substeps": 1}),
+    ("nonexpansive", {"steps": [1, 2], "dense_steps": 1}),
+]
+IMAGE_IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in IMAGE_CERTIFIED]
 
 
 # The settings every family's tests share, where the family's YAML has the key.
@@ -144,7 +151,7 @@ def test_orthogonal_contraction_factor_is_attained():
     assert measured_lipschitz(step, x) == pytest.approx(0.75, rel=1e-6)
 
 
-@pytest.mark.parametrize("family,extra", CERTIFIED, ids=IDS)
+@pytest.mark.parametrize("family,extra", IMAGE_CERTIFIED, ids=IMAGE_IDS)
 @pytest.mark.parametrize("normalize", ["mean", "mean_std"])
 def test_network_bound_dominates_measured_lipschitz(family, extra, normalize):
     torch.manual_seed(0)
@@ -158,7 +165,7 @@ def test_network_bound_dominates_measured_lipschitz(family, extra, normalize):
     assert bound <= declared * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("family,extra", CERTIFIED, ids=IDS)
+@pytest.mark.parametrize("family,extra", IMAGE_CERTIFIED, ids=IMAGE_IDS)
 def test_pairwise_certificate_dominates_measured_logit_differences(family, extra):
     """Each z_i - z_j is L ||w_i - w_j||-Lipschitz: what certified radii divide by."""
     torch.manual_seed(1)
@@ -350,6 +357,28 @@ def test_isometric_stem_and_downsampling_keep_or_project_the_signal():
         FirstChannelsUnshuffle(16, 30)
     with pytest.raises(UsageError, match="at most 4 x 4"):
         FirstChannelsUnshuffle(4, 32)
+
+
+def test_unshuffle_projection_is_an_orthogonal_projection_within_its_bound():
+    """The dense matrix of the layer (32 -> 64 channels, 6x6 -> 3x3) has every singular value 1:
+    a co-isometry, so no bound is lost and nothing is scaled; its factor covers the measured norm."""
+    from dsnn_cli.models.stages import UnshuffleProject
+
+    torch.manual_seed(0)
+    layer = UnshuffleProject(8, 20).double().eval()
+    with torch.no_grad():
+        layer.basis.weight.normal_(0.0, 0.3)  # far from the identity start
+    layer.basis.calibrate()
+    n_in = 8 * 6 * 6
+    dense = torch.autograd.functional.jacobian(
+        lambda v: layer(v.view(1, 8, 6, 6)).flatten(), torch.zeros(n_in, dtype=torch.float64)
+    )
+    singular = torch.linalg.svdvals(dense)
+    assert dense.shape == (20 * 9, n_in)
+    assert torch.allclose(singular, torch.ones_like(singular), atol=1e-9)
+    assert float(singular.max()) <= layer.lipschitz_factor()
+    with pytest.raises(UsageError, match="at most 4 x 8"):
+        UnshuffleProject(8, 40)
 
 
 def test_identity_start_makes_each_pair_norm_preserving_where_the_bias_keeps_it_active():

@@ -82,4 +82,13 @@ def test_certify_preset_trains_a_one_lipschitz_model_for_its_target_radius(tmp_p
     summary = run_train(cfg, tmp_path / "certify")
     assert summary["status"] == "done"
     assert summary["lipschitz_bound"] <= 1.0 + 1e-5
-    assert set(summary["certified"]) == {"0", "0.141176", "0.3", "0.5"}
+    assert {"0", "0.141176", "0.3", "0.5"} <= set(summary["certified"])
+
+
+def test_gpu_certify_preset_is_the_default_recipe_scaled_up(tmp_path):
+    cfg = compose_config("train", ["experiment=certify_cifar10_gpu"])
+    default = compose_config("train", [])
+    assert cfg.model.widths == [32, 64, 128] and cfg.model.steps == 4 and cfg.trainer.max_epochs == 200
+    assert cfg.model.name == default.model.name and cfg.loss == default.loss
+    summary = run_train(compose_config("train", ["experiment=certify_cifar10_gpu", *SMALL]), tmp_path / "gpu")
+    assert summary["status"] == "done" and summary["lipschitz_bound"] <= 1.0 + 1e-5

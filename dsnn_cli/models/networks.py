@@ -129,10 +129,10 @@ class ImageNet(DynamicsNet):
         self.normalize = make_normalize(cfg, data_info)
         self.stem = STEMS[cfg["stem"]](int(data_info["in_channels"]), widths[0], size, kernel, constrained)
         stages = []
-        for i, width in enumerate(widths):
+        for i, (width, count) in enumerate(zip(widths, step_counts(cfg), strict=True)):
             space = ImageSpace(size, kernel)
             steps = family.make_steps(
-                StepContext(cfg, width, space, activation, integrator, fractions_of(cfg))
+                StepContext({**cfg, "steps": count}, width, space, activation, integrator, fractions_of(cfg))
             )
             following = widths[i + 1] if i + 1 < len(widths) else width
             stages.append(
@@ -140,9 +140,9 @@ class ImageNet(DynamicsNet):
             )
             size = (size[0] // 2, size[1] // 2)
         self.stages = nn.ModuleList(stages)
-        self.head = HEADS[cfg["head"]](
-            widths[-1] * size[0] * size[1], int(data_info["num_classes"]), constrained
-        )
+        features = widths[-1] * size[0] * size[1]
+        self.dense = nn.ModuleList(dense_steps(family, cfg, features, activation, integrator))
+        self.head = HEADS[cfg["head"]](features, int(data_info["num_classes"]), constrained)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the head reads: the flattened output of the last stage."""
@@ -154,7 +154,10 @@ class ImageNet(DynamicsNet):
         x = self.stem(self.normalize(x))
         for stage in self.stages:
             x = stage(x)
-        return torch.flatten(x, 1)
+        x = torch.flatten(x, 1)
+        for step in self.dense:
+            x = step(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -178,6 +181,11 @@ class ImageNet(DynamicsNet):
                     return None
                 factors.append((f"stages.{i}.steps.{s}", factor))
             factors.append((f"stages.{i}.downsample", stage.downsample.lipschitz_factor(nominal)))
+        for s, step in enumerate(self.dense):
+            factor = step.lipschitz_factor(nominal)
+            if factor is None:
+                return None
+            factors.append((f"dense.{s}", factor))
         return factors
 
 
@@ -189,6 +197,11 @@ class VectorNet(DynamicsNet):
         self.family = family.name
         self.certified = family.certified(cfg)
         self.config = {"model": dict(cfg), "data_info": dict(data_info)}
+        if isinstance(cfg["steps"], (list, tuple)):
+            raise UsageError(
+                f"model.steps={cfg['steps']} is a list (one count per image stage); "
+                "vector data takes one count"
+            )
         dim_in, dim_out = int(data_info["dim_in"]), int(data_info["dim_out"])
         width = int(cfg["width"] or dim_in)
         if not family.lifting and not (width == dim_in == dim_out):
@@ -239,6 +252,25 @@ def certificate_note(info: Mapping[str, Any]) -> str:
     return f"model={info['family']}: {info['note']}"
 
 
+def dense_steps(
+    family: Family, cfg: Mapping[str, Any], features: int, activation: Any, integrator: Any
+) -> list[nn.Module]:
+    """`model.dense_steps` dynamic layers of the family on the flattened features, before the head.
+
+    Why: after the last downsampling every feature can interact with every other in one dense
+    step, which the per-stage convolutions reach only through depth. Their isometries are
+    square (contractive_width applies to the per-pixel channels only): a features x features
+    Cayley solve per training step is already their main cost.
+    """
+    count = int(cfg["dense_steps"])
+    if count == 0:
+        return []
+    dense_cfg = {**cfg, "steps": count, "contractive_width": 1}
+    return family.make_steps(
+        StepContext(dense_cfg, features, VectorSpace(), activation, integrator, fractions_of(cfg))
+    )
+
+
 def image_size(data_info: Mapping[str, Any]) -> tuple[int, int]:
     size = data_info["image_size"]
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -263,8 +295,8 @@ def make_normalize(cfg: Mapping[str, Any], data_info: Mapping[str, Any]) -> Norm
 # the step sizes against the region where their claim holds.
 MODEL_KEYS: dict[str, dict[str, Any]] = {
     "width": {"kind": int, "low": 1, "nullable": True},
-    "steps": {"kind": int, "low": 1},
     "substeps": {"kind": int, "low": 1},
+    "dense_steps": {"kind": int, "low": 0},
     "kernel_size": {"kind": int, "low": 1},
     "h": {"kind": float},
     "h_contractive": {"kind": float, "nullable": True},
@@ -274,6 +306,19 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "contractive": {"kind": str},
     "normalize": {"kind": str, "choices": NORMALIZATIONS},
 }
+
+
+def step_counts(cfg: Mapping[str, Any]) -> list[int]:
+    """Dynamic layers per stage: `model.steps` is one count for every stage or a list with one
+    count per entry of `model.widths` (vector networks take one count)."""
+    steps, stages = cfg["steps"], len(cfg.get("widths") or [None])
+    counts = list(steps) if isinstance(steps, (list, tuple)) else [steps] * stages
+    if len(counts) != stages or any(convert(n, int) is None or int(n) < 1 for n in counts):
+        raise UsageError(
+            f"model.steps={steps} must be a count >= 1 or a list of {stages} such counts "
+            f"(one per entry of model.widths)"
+        )
+    return [int(n) for n in counts]
 
 
 def check_model_config(cfg: Mapping[str, Any]) -> Family:
@@ -306,8 +351,11 @@ def check_model_config(cfg: Mapping[str, Any]) -> Family:
             f"(admitted: {', '.join(family.integrators)})"
         )
     activation = build_activation(cfg["activation"])
-    check_family_config(cfg)
-    family.check(cfg, activation)
+    dense = [int(cfg["dense_steps"])] if cfg.get("dense_steps") else []
+    for count in sorted(set(step_counts(cfg) + dense)):
+        stage_cfg = {**cfg, "steps": count}
+        check_family_config(stage_cfg)
+        family.check(stage_cfg, activation)
     return family
 
 

@@ -8,6 +8,9 @@ network's bound is the product over its layers. The choices are registries, name
   scaled); ``conv`` lifts with a 3x3 convolution (norm <= 1 in certified families).
 * downsampling: ``unshuffle`` keeps the first c_out / 4 channels (a projection, factor 1)
   and moves each 2x2 block of pixels into channels (a permutation, an isometry);
+  ``unshuffle_project`` moves the 2x2 blocks into channels first (4c of them) and keeps a
+  learned c_out-dimensional orthogonal projection Q^T of them (Q with orthonormal columns,
+  by a Cayley transform: factor ||Q|| = 1 up to rounding), so no pixel is thrown away unseen;
   ``maxpool`` takes the 2x2 maximum (1-Lipschitz over disjoint windows) and lifts with a
   convolution when the width changes. Max-pooling keeps about half of a smooth signal's
   norm per level, so margins shrink against the same bound; the isometric path keeps it.
@@ -27,6 +30,7 @@ from torch import nn
 
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.operators import ConvOperator, DenseOperator
+from dsnn_cli.models.orthogonal import CayleyChannelOperator
 from dsnn_cli.registry import Registry
 
 STEMS: Registry[Callable[..., nn.Module]] = Registry("stem", key="model.stem")
@@ -83,6 +87,26 @@ class FirstChannelsUnshuffle(nn.Module):
         return 1.0
 
 
+class UnshuffleProject(nn.Module):
+    """Move each 2x2 pixel block into channels (4 c_in), then project onto c_out learned
+    orthonormal directions: a learned 2x2 stride-2 convolution with orthonormal rows."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        if c_out > 4 * c_in:
+            raise UsageError(
+                f"model.downsample=unshuffle_project maps {c_in} channels to {c_out}: the next width "
+                f"must be at most 4 x {c_in} (change model.widths)"
+            )
+        self.basis = CayleyChannelOperator(c_out, 4 * c_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.basis.adjoint_with(F.pixel_unshuffle(x, 2), self.basis.effective_weight())
+
+    def lipschitz_factor(self, nominal: bool = False) -> float:
+        return 1.0 if nominal else self.basis.norm_bound()
+
+
 class PoolThenLift(nn.Module):
     """2x2 max-pool, then a convolution when the width changes."""
 
@@ -137,6 +161,9 @@ STEMS.add(
 )
 DOWNSAMPLES.add(
     "unshuffle", lambda c_in, c_out, size, kernel, constrained: FirstChannelsUnshuffle(c_in, c_out)
+)
+DOWNSAMPLES.add(
+    "unshuffle_project", lambda c_in, c_out, size, kernel, constrained: UnshuffleProject(c_in, c_out)
 )
 DOWNSAMPLES.add(
     "maxpool",
