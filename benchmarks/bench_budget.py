@@ -17,6 +17,7 @@ outputs/bench/<time>/budget.json, and each candidate's run directory sits beside
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,15 @@ ABLATIONS = {
 }
 
 
+def decode_once_per_process() -> None:
+    """Candidates read the same JPEGs: decode them once, so each budget is spent training."""
+    import dsnn_cli.data.images as images
+
+    decode = images.decode_images
+    memo = functools.lru_cache(maxsize=4)(lambda paths: decode(list(paths)))
+    images.decode_images = lambda paths: memo(tuple(paths))
+
+
 def compose_train(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
@@ -72,6 +82,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument("--out", default=f"outputs/bench/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     args = parser.parse_args()
+    decode_once_per_process()
     data = ["data=imagefolder", f"data.root={args.root}"] if args.root else []
     data += [] if args.full_test else ["data.limit_test=2000"]
     budget = [f"trainer.max_minutes={args.minutes}", "certify.eps=[36/255,0.3]"]

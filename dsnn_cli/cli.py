@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         run_command(command, overrides)
     except SystemExit as stop:  # Hydra exits after --help / --cfg
         return int(stop.code or 0) if not isinstance(stop.code, str) else fail(stop.code, 2)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM during dsnn train (the run says so)
+        return fail(f"interrupted ({stop})" if str(stop) else "interrupted", 130)
     except BaseException as exc:  # noqa: BLE001 - every error becomes one line
         message, code = describe_error(exc)
         if os.environ.get("DSNN_DEBUG"):

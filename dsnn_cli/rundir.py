@@ -9,18 +9,26 @@ and the versions that produced them.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dsnn_cli.errors import UsageError
 
+log = logging.getLogger("dsnn.rundir")
+
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+LOCK = "run.lock"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,8 +51,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def finite_json(data: Any) -> Any:
+    """`data` with every non-finite float replaced by None: JSON has no NaN, and a reader of a
+    record must never meet one (json.dumps would write the invalid token `NaN`)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    return data
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    return json.dumps(finite_json(data), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, to_json(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -97,6 +121,33 @@ class RunDir:
     def status(self) -> str | None:
         return self.summary.get("status")
 
+    def live_status(self) -> str | None:
+        """The recorded status, except that a run recorded as running whose process is gone
+        (killed without a word: SIGKILL, a node lost) reads as `stale`."""
+        status = self.status()
+        if status == "running" and lock_owner(self.path / LOCK) is None:
+            return "stale"
+        return status
+
+    def refuse_if_unfinished(self, resume: bool) -> None:
+        """A directory with checkpoints of an unfinished run continues only with trainer.resume."""
+        if not resume and self.summary and (self.checkpoints / "last.pt").is_file():
+            raise UsageError(
+                f"hydra.run.dir={self.path} holds an unfinished run (status {self.live_status()}, "
+                f"{self.summary.get('epochs', 0)} epochs): continue it with trainer.resume=true, "
+                "or choose a new directory"
+            )
+
+    @contextmanager
+    def owned(self) -> Iterator[None]:
+        """Hold the directory's lock for the block: one process writes a run at a time."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        take_lock(self.path / LOCK)
+        try:
+            yield
+        finally:
+            (self.path / LOCK).unlink(missing_ok=True)
+
     def refuse_if_finished(self) -> None:
         if self.status() == "done":
             raise UsageError(
@@ -131,18 +182,83 @@ class RunDir:
     def write(self) -> None:
         atomic_write_json(self.path / SUMMARY, self.summary)
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """The per-epoch rows; a line that does not parse (a file cut by a crash of an older
+        version, or edited by hand) is skipped with a warning, never fatal."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                log.warning("%s line %d is not JSON; skipped", path, number)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        """Add one epoch's row; the whole file is rewritten atomically, so a kill leaves the old
+        file or the new one, never a partial line."""
+        self.write_metrics([*self.metrics(), row])
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path / METRICS, "".join(to_json(row) + "\n" for row in rows))
 
     def reset_metrics(self, keep_epochs: int) -> None:
         """Drop metric rows past `keep_epochs` (a resumed run rewrites them)."""
-        path = self.path / METRICS
-        if not path.exists():
-            return
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        kept = [row for row in rows if row.get("epoch", 0) <= keep_epochs]
-        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+        if (self.path / METRICS).exists():
+            self.write_metrics([row for row in self.metrics() if row.get("epoch", 0) <= keep_epochs])
+
+
+def this_process() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def lock_owner(path: Path) -> dict[str, Any] | None:
+    """Who holds the lock at `path`, or None when nobody does: no lock, an unreadable one, or
+    one whose process has died on this host. A lock held on another host counts as held."""
+    owner = read_json(path)
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return None
+    if owner.get("host") == socket.gethostname() and not process_alive(owner["pid"]):
+        return None
+    return owner
+
+
+def take_lock(path: Path) -> None:
+    """Create the lock atomically (O_EXCL); a stale one (dead process on this host) is replaced."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = lock_owner(path)
+            if owner is not None:
+                raise UsageError(
+                    f"{path.parent} is in use by process {owner['pid']} on {owner.get('host')} "
+                    f"(since {owner.get('started')}): wait for it, or choose another hydra.run.dir"
+                ) from None
+            log.warning("removing the stale lock %s (its process is gone)", path)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(to_json(this_process()))
+        return
+    raise UsageError(f"could not take the lock {path}: another process keeps creating it")
 
 
 def latest_finished_run(root: Path | str = "outputs") -> Path | None:

@@ -72,7 +72,7 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "save_training_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run_train(cfg, resumed)
-    assert json.loads((resumed / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(training, "save_training_state", real_save)
     cfg.trainer.resume = True
     run_train(cfg, resumed)

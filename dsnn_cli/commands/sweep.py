@@ -12,7 +12,7 @@ from typing import Any
 
 import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from dsnn_cli.commands import guarded
 from dsnn_cli.config import to_plain
@@ -79,7 +79,7 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
             log.info("job %s is finished; skipping it", output_dir)
             return run.summary
         if run.status() != "done":
-            run_train(cfg, output_dir)
+            run_train(resume_if_started(cfg, run), output_dir)
         for attack in todo:
             run_attack(
                 {
@@ -102,6 +102,18 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
             run.summary = {"status": "failed", "error": message}
             run.write()
     return RunDir(output_dir).summary
+
+
+def resume_if_started(cfg: DictConfig, run: RunDir) -> DictConfig:
+    """A job that an earlier sweep started (interrupted, killed, failed) continues from its last
+    checkpoint instead of training again from scratch."""
+    if not (run.checkpoints / "last.pt").is_file():
+        return cfg
+    log.info("job %s has checkpoints (status %s): resuming it", run.path, run.live_status())
+    resumed = cfg.copy()
+    with open_dict(resumed):
+        resumed.trainer.resume = True
+    return resumed
 
 
 class SweepReport(Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
 from dsnn_cli.devices import memory_format, resolve_device
-from dsnn_cli.errors import UsageError, describe
+from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
 from dsnn_cli.robustness.certificates import (
@@ -76,6 +75,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     run.refuse_if_finished()
     settings = TrainSettings.from_config(cfg)
     trainer = settings.trainer
+    run.refuse_if_unfinished(trainer.resume)
     init_from = Path(trainer.init_from).expanduser() if trainer.init_from else None
     if init_from and not init_from.is_dir():
         raise UsageError(
@@ -91,53 +91,63 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
     if init_from:
         initialise_from(model, init_from, cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    run.start(
-        OmegaConf.to_yaml(cfg, resolve=True),
-        settings.recipe.seed,
-        {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
-    )
-    log.info(
-        "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s, run dir %s",
-        cfg.model.name,
-        n_params,
-        cfg.data.name,
-        len(data.train),
-        len(data.val or []),
-        len(data.test),
-        device,
-        run.path,
-    )
-    try:
-        state = fit(model, data, task, trainer, settings.recipe, run, device)
-        chosen = choose_checkpoint(run, trainer.select)
-        payload = load_checkpoint(chosen)
-        model.load_state_dict(payload["state_dict"])
-        model.eval()
-        results = {
-            "status": "done",
-            **test_metrics(model, data, trainer, settings.certify_eps, device),
-            "val_acc": metric_of(run, payload.get("epoch"), "val_acc"),
-            "val_loss": metric_of(run, payload.get("epoch"), "val_loss"),
-            "n_params": n_params,
-            "certificate": model.certificate(),
-            "epochs": state["epoch"],
-            "selected_epoch": payload.get("epoch"),
-            "n_train": len(data.train),
-            "n_test": len(data.test),
-            "train_seconds": round(state["seconds"], 3),
-            "train_images": state["images"],
-            "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
-        run.update(**results)
-    except BaseException as exc:
-        run.update(
-            status="failed",
-            error=describe(exc)[0],
-            seconds=round(time.perf_counter() - started, 3),
+    with run.owned(), sigterm_interrupts():
+        run.start(
+            OmegaConf.to_yaml(cfg, resolve=True),
+            settings.recipe.seed,
+            {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
         )
-        raise
+        log.info(
+            "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s, run dir %s",
+            cfg.model.name,
+            n_params,
+            cfg.data.name,
+            len(data.train),
+            len(data.val or []),
+            len(data.test),
+            device,
+            run.path,
+        )
+        try:
+            state = fit(model, data, task, trainer, settings.recipe, run, device)
+            chosen = choose_checkpoint(run, trainer.select)
+            payload = load_checkpoint(chosen)
+            model.load_state_dict(payload["state_dict"])
+            model.eval()
+            results = {
+                "status": "done",
+                **test_metrics(model, data, trainer, settings.certify_eps, device),
+                "val_acc": metric_of(run, payload.get("epoch"), "val_acc"),
+                "val_loss": metric_of(run, payload.get("epoch"), "val_loss"),
+                "n_params": n_params,
+                "certificate": model.certificate(),
+                "epochs": state["epoch"],
+                "selected_epoch": payload.get("epoch"),
+                "n_train": len(data.train),
+                "n_test": len(data.test),
+                "train_seconds": round(state["seconds"], 3),
+                "train_images": state["images"],
+                "divergence_retries": state["retries"],
+                "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
+            run.update(**results)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the checkpoints of finished epochs stay
+            run.update(
+                status="interrupted",
+                error=f"interrupted ({exc or 'SIGINT'}) after epoch {run.summary.get('epochs', 0)}; "
+                f"continue with dsnn train hydra.run.dir={run.path} trainer.resume=true",
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            raise
+        except BaseException as exc:
+            run.update(
+                status="failed",
+                error=describe(exc)[0],
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            raise
     print_summary(run)
     return run.summary
 
@@ -214,11 +224,7 @@ def choose_checkpoint(run: RunDir, select: str) -> Path:
 
 def metric_of(run: RunDir, epoch: int | None, key: str) -> float | None:
     """A value from the metrics row of `epoch` (the selected checkpoint's)."""
-    path = run.path / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in run.metrics():
         if row.get("epoch") == epoch:
             return row.get(key)
     return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import eps_label
-from dsnn_cli.rundir import CONFIG, SUMMARY, read_json
+from dsnn_cli.rundir import CONFIG, SUMMARY, RunDir, read_json
 
 log = logging.getLogger("dsnn.report")
 
@@ -31,6 +31,11 @@ class RunRecord:
     config: dict[str, Any] | None = None
     certify: dict[str, Any] | None = None  # certify.json
 
+    @property
+    def live_status(self) -> str | None:
+        """The recorded status, `stale` for a run recorded as running whose process is gone."""
+        return RunDir(self.path).live_status()
+
 
 def collect_runs(root: Path) -> list[RunRecord]:
     """Every run directory under `root` (itself included), sorted by path."""
@@ -38,6 +43,7 @@ def collect_runs(root: Path) -> list[RunRecord]:
     for summary_path in sorted(root.rglob(SUMMARY)):
         summary = read_json(summary_path)
         if not isinstance(summary, dict):
+            log.warning("%s is unreadable or not a JSON object: its run is left out", summary_path)
             continue
         run_dir = summary_path.parent
         attacks = {}
@@ -45,6 +51,8 @@ def collect_runs(root: Path) -> list[RunRecord]:
             data = read_json(attack_file)
             if isinstance(data, dict) and "results" in data:
                 attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
+            else:
+                log.warning("%s is unreadable or not an attack record: left out", attack_file)
         certify = read_json(run_dir / "certify.json")
         certify = certify if isinstance(certify, dict) else None
         records.append(RunRecord(run_dir, summary, attacks, read_config(run_dir / CONFIG), certify))

@@ -27,7 +27,7 @@ def build_table(records: list[RunRecord], root: Path) -> tuple[list[str], list[d
             "run": run_name(record, root),
             "model": s.get("model"),
             "data": s.get("data"),
-            "status": s.get("status"),
+            "status": record.live_status,
             "epochs": s.get("epochs"),
             "val_acc": s.get("val_acc"),
             "test_acc": s.get("test_acc"),

@@ -7,6 +7,7 @@ bit-for-bit resumption) and ``best.pt`` (best validation accuracy).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
 from dsnn_cli.devices import memory_format
-from dsnn_cli.errors import UsageError
+from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -30,6 +31,42 @@ from dsnn_cli.training.losses import LipschitzMarginLoss, build_loss
 from dsnn_cli.training.optim import build_optimizer, build_schedule
 
 log = logging.getLogger("dsnn.train")
+
+
+class Diverged(DsnnError):
+    """Training produced a non-finite loss or weight and the retries at lower rates are spent."""
+
+
+@dataclass
+class Snapshot:
+    """The training state at an epoch's start, in memory: what a diverged epoch restarts from."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    state: dict[str, Any]
+
+    @classmethod
+    def take(cls, model: nn.Module, optimizer, generator: torch.Generator, state: dict) -> Snapshot:
+        return cls(
+            copy.deepcopy(model.state_dict()),
+            copy.deepcopy(optimizer.state_dict()),
+            generator.get_state(),
+            torch.get_rng_state(),
+            copy.deepcopy(state),
+        )
+
+    def restore(self, model: nn.Module, optimizer, generator: torch.Generator) -> dict[str, Any]:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        generator.set_state(self.generator)
+        torch.set_rng_state(self.torch_rng)
+        return copy.deepcopy(self.state)
+
+
+def finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 @dataclass(frozen=True)
@@ -48,6 +85,8 @@ class TrainerConfig:
     threads: int | None
     progress: bool | None
     max_minutes: float | None
+    divergence_retries: int
+    divergence_lr_factor: float
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -65,6 +104,10 @@ class TrainerConfig:
             threads=setting(node, "threads", int, "trainer", low=1, nullable=True),
             progress=setting(node, "progress", bool, "trainer", nullable=True),
             max_minutes=setting(node, "max_minutes", float, "trainer", low=0, low_open=True, nullable=True),
+            divergence_retries=setting(node, "divergence_retries", int, "trainer", low=0),
+            divergence_lr_factor=setting(
+                node, "divergence_lr_factor", float, "trainer", low=0, high=1, low_open=True
+            ),
         )
 
     @property
@@ -188,9 +231,17 @@ def fit(
     steps = batches_per_epoch(len(train_split), batch_size, limit)
     schedule = build_schedule(recipe.scheduler, optimizer, epochs)
     generator = torch.Generator().manual_seed(recipe.seed)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "seconds": 0.0, "images": 0}
+    state = {
+        "epoch": 0,
+        "best_score": -math.inf,
+        "best_epoch": 0,
+        "seconds": 0.0,
+        "images": 0,
+        "lr_scale": 1.0,
+        "retries": 0,
+    }
     if trainer.resume and (run.checkpoints / LAST).is_file():
-        state = resume(run, model, optimizer, generator)
+        state = {**state, **resume(run, model, optimizer, generator)}
         run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     augment = isinstance(data, ImageData) and recipe.augment
@@ -201,6 +252,8 @@ def fit(
         while not finished(state, epochs, budget):
             epoch += 1
             started = time.perf_counter()
+            snapshot = Snapshot.take(model, optimizer, generator, state)
+            diverged = False
             model.train()
             stats = EpochStats(task.classification)
             for b, (x, y) in enumerate(
@@ -211,18 +264,29 @@ def fit(
                 spent = state["seconds"] + time.perf_counter() - started
                 if budget is not None and spent >= budget:
                     break
-                schedule.set(epochs * spent / budget if budget is not None else epoch - 1 + b / steps)
+                schedule.set(
+                    epochs * spent / budget if budget is not None else epoch - 1 + b / steps,
+                    scale=state["lr_scale"],
+                )
                 outputs = model(x.contiguous(memory_format=fmt))
                 loss = task.loss(model, outputs, y)
                 penalty = model.regularization()
                 total_loss = loss if penalty is None else loss + penalty
                 optimizer.zero_grad(set_to_none=True)
                 total_loss.backward()
+                value = loss.item()
+                if not math.isfinite(value):
+                    diverged = True
+                    break
                 optimizer.step()
-                stats.add(loss.item(), outputs.detach(), y)
+                stats.add(value, outputs.detach(), y)
                 state["images"] += int(y.shape[0])
                 done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
                 bar.update(progress, completed=done, status=f"epoch {epoch} {stats.describe()}")
+            if diverged or not finite_weights(model):
+                state = retry_after_divergence(snapshot, model, optimizer, generator, trainer, epoch, started)
+                epoch -= 1
+                continue
             model.calibrate()
             row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
             state["seconds"] += time.perf_counter() - started
@@ -242,6 +306,33 @@ def fit(
                 seconds=round(state["seconds"], 3),
             )
             log.info(format_row(row))
+    return state
+
+
+def retry_after_divergence(
+    snapshot: Snapshot, model, optimizer, generator, trainer: TrainerConfig, epoch: int, started: float
+) -> dict[str, Any]:
+    """Restart the epoch from its snapshot at a lower learning rate, or raise Diverged when the
+    retries are spent (the checkpoints of the finished epochs stay as they are)."""
+    state = snapshot.restore(model, optimizer, generator)
+    if state["retries"] >= trainer.divergence_retries:
+        raise Diverged(
+            f"training diverged (a non-finite loss or weight) in epoch {epoch} after "
+            f"{state['retries']} retries with the learning rate scaled by {state['lr_scale']:g}; the "
+            f"checkpoints up to epoch {epoch - 1} are kept: lower optim.lr or raise "
+            "trainer.divergence_retries"
+        )
+    state["retries"] += 1
+    state["lr_scale"] *= trainer.divergence_lr_factor
+    state["seconds"] += time.perf_counter() - started  # the failed attempt's time still counts
+    log.warning(
+        "epoch %d diverged (a non-finite loss or weight): restarting it at %g x the learning rate "
+        "(retry %d of %d)",
+        epoch,
+        state["lr_scale"],
+        state["retries"],
+        trainer.divergence_retries,
+    )
     return state
 
 

@@ -109,10 +109,11 @@ class Schedule:
         self.optimizer = optimizer
         self.base = [group["lr"] for group in optimizer.param_groups]
 
-    def set(self, t: float) -> float:
-        """Set every group's rate for progress t; returns the first group's."""
+    def set(self, t: float, scale: float = 1.0) -> float:
+        """Set every group's rate for progress t, times `scale` (lowered after a divergence);
+        returns the first group's."""
         for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
-            group["lr"] = base * self.factor(t)
+            group["lr"] = base * self.factor(t) * scale
         return self.optimizer.param_groups[0]["lr"]
 
 
