@@ -68,7 +68,9 @@ class ConstrainedNorm(nn.Module, ABC):
             v = v / v.norm().clamp_min(1e-12)
             u = self.adjoint_with(v, w)
             self.u.copy_(u / u.norm().clamp_min(1e-12))
-        sigma = (v * self.apply_with(self.u, weight)).sum()
+        # The graph keeps its own copy of u: a second power step in the same forward pass (the
+        # head's rows read by the loss) updates self.u in place.
+        sigma = (v * self.apply_with(self.u.clone(), weight)).sum()
         self.sigma.copy_(sigma.detach())
         return sigma
 
