@@ -82,3 +82,27 @@ def test_missing_data_root_is_a_usage_error(tmp_path):
         load_data(data_config("imagefolder", root=str(tmp_path / "missing")))
     with pytest.raises(UsageError, match="unknown data 'mnist'"):
         load_data({**data_config("synthetic"), "name": "mnist"})
+
+
+def make_folder(root, names, per_class=4):
+    for part in ("train", "test"):
+        for c, name in enumerate(names):
+            folder = root / part / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.full((3, 8, 8), 40 * c + i, dtype=torch.uint8)
+                write_file(str(folder / f"{i}.jpg"), encode_jpeg(image, quality=100))
+
+
+def test_a_broken_image_is_named_and_an_empty_class_refused(tmp_path):
+    from dsnn_cli.errors import DsnnError
+
+    make_folder(tmp_path / "a", ["cat", "dog"])
+    broken = tmp_path / "a" / "test" / "dog" / "2.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DsnnError, match=r"cannot decode the image .*dog/2\.jpg"):
+        load_data(data_config("imagefolder", root=str(tmp_path / "a"), val_size=2))
+    make_folder(tmp_path / "b", ["cat", "dog"])
+    (tmp_path / "b" / "train" / "bird").mkdir()
+    with pytest.raises(UsageError, match=r"class 'bird'\) holds no images"):
+        load_data(data_config("imagefolder", root=str(tmp_path / "b"), val_size=2))

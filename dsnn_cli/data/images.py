@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dsnn_cli.data.containers import DATASETS, LazySplit, Source
-from dsnn_cli.errors import DsnnError, UsageError
+from dsnn_cli.errors import DsnnError, UsageError, one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
@@ -70,11 +70,28 @@ def folder_split(folder: Path, classes: list[str]) -> LazySplit:
         if not directory.is_dir():
             raise UsageError(f"{folder} has no folder for class '{name}'")
         files = sorted(e.path for e in os.scandir(directory) if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UsageError(
+                f"{directory} (class '{name}') holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                "add its images or remove the folder"
+            )
         paths += files
         labels += [label] * len(files)
     if not paths:
         raise UsageError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return LazySplit(torch.tensor(labels), lambda idx: decode_images([paths[i] for i in idx.tolist()]))
+
+
+def decode_one_by_one(paths: list[str], raw: list[torch.Tensor], decode, mode) -> list[torch.Tensor]:
+    """After a batch failed: decode each file alone, so the error names the one that is broken."""
+    images = []
+    for path, data in zip(paths, raw, strict=True):
+        try:
+            images.append(decode(data, mode=mode))
+        except RuntimeError as exc:
+            reason = one_line(str(exc))
+            raise DsnnError(f"cannot decode the image {path} ({reason}): replace or remove it") from None
+    return images
 
 
 def decode_images(paths: list[str]) -> torch.Tensor:
@@ -92,10 +109,13 @@ def decode_images(paths: list[str]) -> torch.Tensor:
     for start in range(0, len(paths), chunk):
         group = paths[start : start + chunk]
         raw = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in group]
-        if all(p.lower().endswith((".jpg", ".jpeg")) for p in group):
-            images += decode_jpeg(raw, mode=ImageReadMode.RGB)
-        else:
-            images += [decode_image(r, mode=ImageReadMode.RGB) for r in raw]
+        try:
+            if all(p.lower().endswith((".jpg", ".jpeg")) for p in group):
+                images += decode_jpeg(raw, mode=ImageReadMode.RGB)
+            else:
+                images += [decode_image(r, mode=ImageReadMode.RGB) for r in raw]
+        except RuntimeError:
+            images += decode_one_by_one(group, raw, decode_image, ImageReadMode.RGB)
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
         raise DsnnError(f"images differ in size ({sorted(shapes)[:3]}...); resize them to one size")
