@@ -72,12 +72,13 @@ def test_sweep_runs_every_job_reports_and_skips_finished_jobs(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in sweep.glob("*/checkpoints/final.pt")}
 
 
-def test_sweep_with_a_failing_job_reports_the_other(tmp_path):
+def test_sweep_with_a_failing_job_reports_the_other_and_exits_1(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "sweep", *TINY, "model=resnet", "optim.lr=0.003,-1", f"hydra.sweep.dir={sweep}", "sweep.attack=none"
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "1 job(s) of the sweep" in result.stderr and "Traceback" not in result.stderr
     rows = {row["run"]: row for row in csv.DictReader((sweep / "report.csv").open())}
     assert rows["0"]["status"] == "done" and rows["1"]["status"] == "failed"
 

@@ -14,9 +14,9 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
-from dsnn_cli.commands import guarded
+from dsnn_cli.commands import FAILURES, guarded
 from dsnn_cli.config import to_plain
-from dsnn_cli.errors import UsageError, describe
+from dsnn_cli.errors import DsnnError, UsageError, describe
 from dsnn_cli.rundir import RunDir, read_json
 
 log = logging.getLogger("dsnn.sweep")
@@ -125,6 +125,29 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
             run_report(sweep_dir)
+            if unfinished_jobs(sweep_dir):
+                # Hydra turns an exception raised in a callback into a warning: hand it to the
+                # dispatcher, which exits 1 with one line, as for an error inside a job.
+                FAILURES.append(DsnnError(unfinished_jobs_message(sweep_dir)))
+
+
+def unfinished_jobs(sweep_dir: Path) -> list[str]:
+    """The jobs of a sweep whose training or attack did not finish."""
+    return sorted(
+        job.parent.name
+        for job in sweep_dir.glob("*/summary.json")
+        if isinstance(summary := read_json(job), dict)
+        and (summary.get("status") != "done" or summary.get("attack_error"))
+    )
+
+
+def unfinished_jobs_message(sweep_dir: Path) -> str:
+    failed = unfinished_jobs(sweep_dir)
+    return (
+        f"{len(failed)} job(s) of the sweep in {sweep_dir} did not finish: {', '.join(failed)} "
+        "(their summary.json says why; the report covers the others); rerun the sweep into the "
+        "same hydra.sweep.dir to retry them"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="sweep")
