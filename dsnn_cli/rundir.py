@@ -122,16 +122,15 @@ class RunDir:
         return self.summary.get("status")
 
     def live_status(self) -> str | None:
-        """The recorded status, except that a run recorded as running whose process is gone
-        (killed without a word: SIGKILL, a node lost) reads as `stale`."""
-        status = self.status()
-        if status == "running" and lock_owner(self.path / LOCK) is None:
-            return "stale"
-        return status
+        return live_status(self.path, self.status())
+
+    def started(self) -> bool:
+        """Whether an epoch has been checkpointed (`checkpoints/last.pt`): there is something to resume."""
+        return (self.checkpoints / "last.pt").is_file()
 
     def refuse_if_unfinished(self, resume: bool) -> None:
         """A directory with checkpoints of an unfinished run continues only with trainer.resume."""
-        if not resume and self.summary and (self.checkpoints / "last.pt").is_file():
+        if not resume and self.summary and self.started():
             raise UsageError(
                 f"hydra.run.dir={self.path} holds an unfinished run (status {self.live_status()}, "
                 f"{self.summary.get('epochs', 0)} epochs): continue it with trainer.resume=true, "
@@ -213,6 +212,14 @@ class RunDir:
         """Drop metric rows past `keep_epochs` (a resumed run rewrites them)."""
         if (self.path / METRICS).exists():
             self.write_metrics([row for row in self.metrics() if row.get("epoch", 0) <= keep_epochs])
+
+
+def live_status(path: Path, status: str | None) -> str | None:
+    """The recorded status, except that a run recorded as running whose process is gone
+    (killed without a word: SIGKILL, a node lost) reads as `stale`."""
+    if status == "running" and lock_owner(Path(path) / LOCK) is None:
+        return "stale"
+    return status
 
 
 def this_process() -> dict[str, Any]:

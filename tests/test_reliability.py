@@ -115,7 +115,8 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_resume_finishes_it(tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "trainer.resume=true" in summary["error"]
     done = summary["epochs"]
-    assert 1 <= done < 30
+    assert 1 <= done < 30  # stopped mid-training, after at least one checkpoint
+    assert [row["epoch"] for row in RunDir(run_dir).metrics()] == list(range(1, done + 1))  # records agree
     cfg = compose_config("train", [*args, "trainer.resume=true", f"trainer.max_epochs={done + 1}"])
     resumed = run_train(cfg, run_dir)
     assert resumed["status"] == "done" and resumed["epochs"] == done + 1

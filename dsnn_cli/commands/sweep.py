@@ -107,7 +107,7 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
 def resume_if_started(cfg: DictConfig, run: RunDir) -> DictConfig:
     """A job that an earlier sweep started (interrupted, killed, failed) continues from its last
     checkpoint instead of training again from scratch."""
-    if not (run.checkpoints / "last.pt").is_file():
+    if not run.started():
         return cfg
     log.info("job %s has checkpoints (status %s): resuming it", run.path, run.live_status())
     resumed = cfg.copy()
@@ -125,10 +125,11 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
             run_report(sweep_dir)
-            if unfinished_jobs(sweep_dir):
+            failed = unfinished_jobs(sweep_dir)
+            if failed:
                 # Hydra turns an exception raised in a callback into a warning: hand it to the
                 # dispatcher, which exits 1 with one line, as for an error inside a job.
-                FAILURES.append(DsnnError(unfinished_jobs_message(sweep_dir)))
+                FAILURES.append(DsnnError(unfinished_jobs_message(sweep_dir, failed)))
 
 
 def unfinished_jobs(sweep_dir: Path) -> list[str]:
@@ -141,8 +142,7 @@ def unfinished_jobs(sweep_dir: Path) -> list[str]:
     )
 
 
-def unfinished_jobs_message(sweep_dir: Path) -> str:
-    failed = unfinished_jobs(sweep_dir)
+def unfinished_jobs_message(sweep_dir: Path, failed: list[str]) -> str:
     return (
         f"{len(failed)} job(s) of the sweep in {sweep_dir} did not finish: {', '.join(failed)} "
         "(their summary.json says why; the report covers the others); rerun the sweep into the "

@@ -9,7 +9,7 @@ from typing import Any
 
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import eps_label
-from dsnn_cli.rundir import CONFIG, SUMMARY, RunDir, read_json
+from dsnn_cli.rundir import CONFIG, SUMMARY, live_status, read_json
 
 log = logging.getLogger("dsnn.report")
 
@@ -34,7 +34,7 @@ class RunRecord:
     @property
     def live_status(self) -> str | None:
         """The recorded status, `stale` for a run recorded as running whose process is gone."""
-        return RunDir(self.path).live_status()
+        return live_status(self.path, self.summary.get("status"))
 
 
 def collect_runs(root: Path) -> list[RunRecord]:
