@@ -44,11 +44,14 @@ CANDIDATES = {
 # One lever at a time against the default recipe (the README's ablation table).
 ABLATIONS = {
     "no dense pair": ["model.dense_steps=0"],
+    "dense pair with one full Cayley solve": ["model.dense_orthogonal=cayley"],
     "first-channel unshuffle (no projection)": ["model.downsample=unshuffle"],
     "Cayley 3x3 contraction": ["model.contractive_kernel=3", "model.contractive_width=1"],
     "Kaiming expansive init": ["model.expansive_init=kaiming", "model.expansive_bias=0"],
     "alpha 0.5 (the paper's slope)": ["model.activation.alpha=0.5"],
     "dense head (||W|| <= 1)": ["model.head=dense"],
+    "loss eps 0.15": ["loss.eps=0.15"],
+    "dense head, loss eps 0.15": ["model.head=dense", "loss.eps=0.15"],
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
 }
 

@@ -34,6 +34,7 @@ FAMILIES = {
     "resnet": ["model=resnet"],
     "lipschitz (default)": ["model=lipschitz"],
     "lipschitz, no dense pair": ["model=lipschitz", "model.dense_steps=0"],
+    "lipschitz, dense pair with full Cayley": ["model=lipschitz", "model.dense_orthogonal=cayley"],
     "lipschitz, Cayley 3x3": ["model=lipschitz", "model.contractive_kernel=3", "model.contractive_width=1"],
     "lipschitz_paper": ["model=lipschitz_paper"],
     "lipschitz_flexible": ["model=lipschitz_flexible"],

@@ -118,7 +118,22 @@ def is_help(overrides: list[str]) -> bool:
     return bool({"-h", "--help", "--hydra-help", "--info", "-c", "--cfg", "-i"} & set(overrides))
 
 
-COMMAND_ARGV_REWRITES = {"sweep": sweep_argv, "attack": attack_argv, "certify": attack_argv}
+def train_argv(overrides: list[str]) -> list[str]:
+    """A resume keeps the run's own Hydra record (.hydra/ of the first invocation): the run's
+    config.yaml already holds what the resumed run continues with."""
+    resuming = any(
+        item.partition("=")[0] == "trainer.resume" and item.partition("=")[2].lower() == "true"
+        for item in overrides
+    )
+    return [*overrides, "hydra.output_subdir=null"] if resuming else overrides
+
+
+COMMAND_ARGV_REWRITES = {
+    "sweep": sweep_argv,
+    "attack": attack_argv,
+    "certify": attack_argv,
+    "train": train_argv,
+}
 
 
 def refuse_finished_run_dir(overrides: list[str]) -> None:

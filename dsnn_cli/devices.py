@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -31,3 +33,16 @@ def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
 def memory_format(channels_last: bool) -> torch.memory_format:
     """channels_last runs 3x3 convolutions fastest on CPUs and GPUs alike."""
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off for the block: on Ampere and later GPUs it rounds float32 matmul and convolution
+    inputs to 10 mantissa bits (cuDNN convolutions use it by default), which moves logits by
+    ~1e-5 relative, far more than the certificates' rounding slack. A no-op on CPUs."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -8,6 +8,7 @@ and the versions that produced them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -141,11 +142,11 @@ class RunDir:
     def owned(self) -> Iterator[None]:
         """Hold the directory's lock for the block: one process writes a run at a time."""
         self.path.mkdir(parents=True, exist_ok=True)
-        take_lock(self.path / LOCK)
+        fd = take_lock(self.path / LOCK)
         try:
             yield
         finally:
-            (self.path / LOCK).unlink(missing_ok=True)
+            release_lock(self.path / LOCK, fd)
 
     def refuse_if_finished(self) -> None:
         if self.status() == "done":
@@ -226,46 +227,66 @@ def this_process() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 def lock_owner(path: Path) -> dict[str, Any] | None:
-    """Who holds the lock at `path`, or None when nobody does: no lock, an unreadable one, or
-    one whose process has died on this host. A lock held on another host counts as held."""
-    owner = read_json(path)
-    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+    """Who holds the lock at `path` (its PID, host and start), or None when nobody does.
+
+    Held means an open `flock` on the file: the kernel (or the NFS lock manager) drops it when
+    its process dies however it dies, so a killed run never leaves a lock that looks held.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return None
-    if owner.get("host") == socket.gethostname() and not process_alive(owner["pid"]):
-        return None
-    return owner
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        owner = read_json(path)
+        return owner if isinstance(owner, dict) else {}
+    finally:
+        os.close(fd)
+    return None
 
 
-def take_lock(path: Path) -> None:
-    """Create the lock atomically (O_EXCL); a stale one (dead process on this host) is replaced."""
-    for _ in range(2):
+def take_lock(path: Path) -> int:
+    """Take the exclusive lock at `path`; returns the descriptor that holds it (`release_lock`).
+
+    Two processes that find the same stale file cannot both win: the lock is the flock, not
+    the file's existence, and a taker whose file was replaced under it (by a release between
+    its open and its flock) tries again on the new file.
+    """
+    for _ in range(5):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = lock_owner(path)
-            if owner is not None:
-                raise UsageError(
-                    f"{path.parent} is in use by process {owner['pid']} on {owner.get('host')} "
-                    f"(since {owner.get('started')}): wait for it, or choose another hydra.run.dir"
-                ) from None
-            log.warning("removing the stale lock %s (its process is gone)", path)
-            path.unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            owner = read_json(path) or {}
+            raise UsageError(
+                f"{path.parent} is in use by process {owner.get('pid', '?')} on {owner.get('host', '?')} "
+                f"(since {owner.get('started', '?')}): wait for it, or choose another hydra.run.dir"
+            ) from None
+        if not same_file(fd, path):
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(to_json(this_process()))
-        return
-    raise UsageError(f"could not take the lock {path}: another process keeps creating it")
+        if os.fstat(fd).st_size:
+            log.warning("taking over the stale lock %s (its process is gone)", path)
+        os.ftruncate(fd, 0)
+        os.write(fd, to_json(this_process()).encode())
+        return fd
+    raise UsageError(f"could not take the lock {path}: other processes keep replacing it")
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Remove the lock file, then drop the flock (in that order: a waiting taker re-checks)."""
+    Path(path).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def latest_finished_run(root: Path | str = "outputs") -> Path | None:

@@ -44,6 +44,7 @@ TRAIN_CASES = [
     (["model.kernel_size=2"], "model.kernel_size=2"),
     (["model.h_expansive=-1"], "model.h_expansive=-1"),
     (["model.normalize=foo"], "model.normalize='foo'"),
+    (["model.dense_orthogonal=givens"], "model.dense_orthogonal='givens'"),
     (["model.activation.alpha=2"], "model.activation.alpha=2"),
     (["model.activation.name=relu"], "model.activation=relu has no setting alpha"),
     (["data.val_size=-1"], "data.val_size=-1"),

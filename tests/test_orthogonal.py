@@ -213,3 +213,44 @@ def test_tall_isometries_have_orthonormal_columns(hidden):
         assert abs(low - 1) < 1e-10 and abs(high - 1) < 1e-10
         if hidden > 3:  # and A A^T is not the identity: a genuinely tall map
             assert float((op.apply_with(op.adjoint_with(y, a), a) - y).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("dim,blocks", [(16, (4, 4)), (12, (3, 4)), (7, (1, 7)), (1024, (32, 32))])
+def test_shuffled_blocks_are_the_orthogonal_product_b2_p_b1(dim, blocks):
+    """Q = B2 P B1 from block-diagonal Cayley factors and the perfect shuffle: orthogonal, and
+    every output mixes every input (what a dense step needs), at a fraction of a full solve."""
+    from dsnn_cli.models.orthogonal import ShuffledBlockCayley
+
+    op = ShuffledBlockCayley(dim).double()
+    assert op.blocks == blocks
+    k, b = blocks
+    with torch.no_grad():
+        op.weight.normal_(generator=torch.Generator().manual_seed(dim))
+    q = op.effective_weight().detach()
+    first, second = (f.detach() for f in op.factors(op.weight))
+    shuffle = torch.zeros(dim, dim, dtype=torch.float64)
+    for i in range(k):
+        for j in range(b):
+            shuffle[j * k + i, i * b + j] = 1.0  # the k x b grid read column by column
+    expected = torch.block_diag(*second) @ shuffle @ torch.block_diag(*first)
+    assert torch.allclose(q, expected, atol=1e-12, rtol=0)
+    assert orthogonality_error(q) < 1e-11 and orthogonality_error(q.t()) < 1e-11
+    if k > 1:
+        assert bool((q.abs() > 1e-12).all())  # full mixing
+    x = torch.randn(3, dim, dtype=torch.float64)
+    assert torch.allclose(op.adjoint_with(op.apply_with(x, q), q), x, atol=1e-10)
+    low, high = op.singular_value_range()
+    assert abs(low - 1) < 1e-10 and abs(high - 1) < 1e-10
+
+
+def test_shuffled_blocks_refuse_a_tall_map_and_train():
+    from dsnn_cli.models.orthogonal import ShuffledBlockCayley
+
+    with pytest.raises(ValueError, match="square"):
+        ShuffledBlockCayley(16, 32)
+    op = ShuffledBlockCayley(16).train()
+    op(torch.randn(5, 16)).pow(3).sum().backward()
+    k, b = op.blocks
+    off_diagonal = ~torch.eye(b, dtype=torch.bool)  # the diagonal is inert: only S = W - W^T enters
+    for grad in (op.weight.grad[: k * b * b].view(k, b, b), op.weight.grad[k * b * b :].view(b, k, k)):
+        assert bool((grad[:, off_diagonal].abs() > 0).all())  # both factors learn

@@ -122,45 +122,84 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_resume_finishes_it(tm
     assert resumed["status"] == "done" and resumed["epochs"] == done + 1
 
 
-def dead_pid() -> int:
-    """The PID of a process that has exited."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def write_lock(run_dir, pid: int) -> None:
+def write_stale_lock(run_dir) -> None:
+    """What a SIGKILLed owner leaves: its lock file, with nobody holding the lock."""
     import socket
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "x"}))
+    (run_dir / "run.lock").write_text(
+        json.dumps({"pid": 999999, "host": socket.gethostname(), "started": "x"})
+    )
+
+
+def hold_lock_in_another_process(run_dir) -> subprocess.Popen:
+    """A live owner: another process inside `RunDir.owned()` until it is killed."""
+    code = (
+        "import sys, time; from dsnn_cli.rundir import RunDir\n"
+        "with RunDir(sys.argv[1]).owned():\n    print('held', flush=True); time.sleep(600)"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().strip() == "held"
+    return owner
 
 
 def test_a_run_directory_is_owned_by_one_process_and_a_dead_owner_is_recognised(tmp_path, caplog):
     from dsnn_cli.errors import UsageError
 
     run = RunDir(tmp_path / "run")
-    write_lock(run.path, os.getpid())  # a live owner
-    with pytest.raises(UsageError, match="is in use by process"):
-        with run.owned():
-            pass
-    run.summary = {"status": "running"}
-    assert run.live_status() == "running"
-    write_lock(run.path, dead_pid())  # its process is gone (SIGKILL, a lost node)
-    assert run.live_status() == "stale"
+    owner = hold_lock_in_another_process(run.path)
+    try:
+        with pytest.raises(UsageError, match=f"is in use by process {owner.pid}"):
+            with run.owned():
+                pass
+        run.summary = {"status": "running"}
+        assert run.live_status() == "running"
+    finally:
+        owner.kill()  # SIGKILL: no cleanup runs, the lock file stays
+        owner.wait()
+    assert (run.path / "run.lock").exists() and run.live_status() == "stale"
     with run.owned():
         assert json.loads((run.path / "run.lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(UsageError, match="is in use"):  # one owner, even within a process
+            with RunDir(run.path).owned():
+                pass
     assert not (run.path / "run.lock").exists()
     assert "stale lock" in caplog.text
 
 
-def test_a_second_train_into_a_busy_directory_is_refused(tmp_path):
+def test_processes_racing_for_a_stale_lock_never_both_win(tmp_path):
+    """Many processes start on a directory a killed run left locked: exactly one owns it at a
+    time, however their opens, flocks and releases interleave."""
     run_dir = tmp_path / "run"
-    write_lock(run_dir, os.getpid())
+    write_stale_lock(run_dir)
+    code = (
+        "import sys, time; from dsnn_cli.rundir import RunDir\n"
+        "from dsnn_cli.errors import UsageError\n"
+        "try:\n"
+        "    with RunDir(sys.argv[1]).owned():\n"
+        "        log = open(sys.argv[2], 'a', buffering=1)\n"
+        "        log.write('in\\n'); time.sleep(0.3); log.write('out\\n')\n"
+        "except UsageError:\n    pass\n"
+    )
+    log_path = tmp_path / "owners.log"
+    racers = [subprocess.Popen([sys.executable, "-c", code, str(run_dir), str(log_path)]) for _ in range(6)]
+    for racer in racers:
+        assert racer.wait(timeout=120) == 0
+    events = log_path.read_text().split()
+    assert events and events == ["in", "out"] * (len(events) // 2)  # never two owners at once
+
+
+def test_a_second_train_into_a_busy_directory_is_refused(tmp_path):
     from dsnn_cli.errors import UsageError
 
-    with pytest.raises(UsageError, match="is in use by process"):
-        run_train(compose_config("train", [*TINY, "model=resnet"]), run_dir)
+    run_dir = tmp_path / "run"
+    owner = hold_lock_in_another_process(run_dir)
+    try:
+        with pytest.raises(UsageError, match="is in use by process"):
+            run_train(compose_config("train", [*TINY, "model=resnet"]), run_dir)
+    finally:
+        owner.kill()
+        owner.wait()
     assert not (run_dir / "summary.json").exists()  # nothing of the owner's run was touched
 
 
@@ -184,3 +223,193 @@ def test_an_unfinished_run_continues_only_with_resume(tmp_path, monkeypatch):
         run_train(cfg, tmp_path / "run")
     rows = RunDir(tmp_path / "run").metrics()
     assert [row["epoch"] for row in rows] == [1]  # no duplicate rows from a restart
+
+
+def interrupted_after_epochs(cfg, run_dir, monkeypatch, overrides=None, epochs: int = 2) -> None:
+    """Train until the checkpoint of `epochs`, then stop as a SIGTERM would."""
+    import dsnn_cli.training.loop as training
+
+    real_save = training.save_training_state
+
+    def save_then_stop(run, model, optimizer, generator, state, best):
+        real_save(run, model, optimizer, generator, state, best)
+        if state["epoch"] == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_training_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, run_dir, overrides)
+    monkeypatch.setattr(training, "save_training_state", real_save)
+
+
+# Far from the defaults: a resume that composed today's defaults would load CIFAR-10 (and fail
+# to download it), train a lipschitz model or another seed.
+OWN_SETTINGS = [
+    *TINY,
+    "model=resnet",
+    "loss=cross_entropy",
+    "trainer.limit_batches=2",
+    "trainer.max_epochs=3",
+]
+OWN_SETTINGS += ["seed=3", "optim.lr=0.002", "data.n_train=300"]
+
+
+def test_resume_needs_only_the_run_directory_and_keeps_its_record(tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    cfg = compose_config("train", OWN_SETTINGS)
+    interrupted_after_epochs(cfg, run_dir, monkeypatch, OWN_SETTINGS)
+    original_config = (run_dir / "config.yaml").read_text()
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in OWN_SETTINGS))
+    recorded = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    summary_before = (run_dir / "summary.json").read_text()
+
+    changed = run_cli("train", f"hydra.run.dir={run_dir}", "trainer.resume=true", "optim.lr=0.5", "seed=7")
+    assert changed.returncode == 2, changed.stderr
+    error = changed.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("dsnn: error: trainer.resume:")
+    assert "optim.lr (0.002 -> 0.5)" in error[0] and "seed (3 -> 7)" in error[0]
+    preset = run_cli("train", f"hydra.run.dir={run_dir}", "trainer.resume=true", "experiment=certify_cifar10")
+    assert (
+        preset.returncode == 2
+        and "experiment=certify_cifar10 (not among the run's overrides)" in preset.stderr
+    )
+    shorter = run_cli("train", f"hydra.run.dir={run_dir}", "trainer.resume=true", "trainer.max_epochs=1")
+    assert shorter.returncode == 2 and "trainer.max_epochs=1 is below the 2 epochs" in shorter.stderr
+    assert (run_dir / "summary.json").read_text() == summary_before  # refusals touch nothing
+
+    resumed = run_cli("train", f"hydra.run.dir={run_dir}", "trainer.resume=true", "trainer.max_epochs=4")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = RunDir(run_dir).summary
+    assert summary["status"] == "done" and summary["epochs"] == 4 and summary["seed"] == 3
+    assert summary["model"] == "resnet" and summary["data"] == "synthetic"
+    assert (run_dir / "config.yaml").read_text() == original_config.replace(
+        "max_epochs: 3", "max_epochs: 4"
+    ).replace("resume: false", "resume: true")
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == recorded  # the first invocation's record
+    assert [row["epoch"] for row in RunDir(run_dir).metrics()] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_without_overrides_compares_every_setting(tmp_path, monkeypatch):
+    """The sweep's path: it resumes a job with the job's whole composed config."""
+    from dsnn_cli.errors import UsageError
+
+    run_dir = tmp_path / "run"
+    interrupted_after_epochs(compose_config("train", OWN_SETTINGS), run_dir, monkeypatch)
+    other = compose_config("train", [*OWN_SETTINGS, "trainer.resume=true", "data.noise=0.5"])
+    with pytest.raises(UsageError, match=r"data\.noise .* would change the result"):
+        run_train(other, run_dir)
+    same = compose_config("train", [*OWN_SETTINGS, "trainer.resume=true", "trainer.progress=false"])
+    assert run_train(same, run_dir)["epochs"] == 3
+
+
+def test_a_checkpoint_whose_weights_changed_fails_its_checksum(trained_run, tmp_path):
+    """A flipped bit in a tensor loads silently through torch.load; the digest catches it."""
+    from dsnn_cli.errors import DsnnError
+    from dsnn_cli.training.checkpoint import weights_digest
+
+    payload = load_checkpoint(trained_run / "checkpoints" / "final.pt")
+    assert payload["weights_sha256"] == weights_digest(payload["state_dict"])
+    assert payload["weights_sha256"] == RunDir(trained_run).summary["weights_sha256"]
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    flipped = payload["state_dict"][key].clone()
+    flipped.view(torch.int32).reshape(-1)[0] ^= 1  # the lowest mantissa bit of one weight
+    payload["state_dict"][key] = flipped
+    torch.save(payload, tmp_path / "flipped.pt")
+    with pytest.raises(DsnnError, match="fails its checksum"):
+        load_checkpoint(tmp_path / "flipped.pt")
+
+
+def test_attack_records_from_other_weights_neither_merge_nor_reach_the_report(trained_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from dsnn_cli.commands.attack import merge_with_previous
+    from dsnn_cli.report.runs import collect_runs
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    digest = RunDir(run_dir).summary["weights_sha256"]
+    record = {"attack": "pgd", "settings": {}, "n": 4, "checkpoint": "checkpoints/last.pt"}
+    earlier = {**record, "weights_sha256": "0" * 64, "results": [{"eps": 0.1, "clean": 0.5, "robust": 0.4}]}
+    atomic_write_json(run_dir / "attack-pgd.json", earlier)
+    later = {**record, "weights_sha256": digest, "results": [{"eps": 0.3, "clean": 0.5, "robust": 0.2}]}
+    assert [r["eps"] for r in merge_with_previous(run_dir / "attack-pgd.json", later)["results"]] == [0.3]
+    again = {**later, "attack": "apgd", "results": [{"eps": 0.5, "clean": 0.5, "robust": 0.1}]}
+    atomic_write_json(run_dir / "attack-apgd.json", {**later, "attack": "apgd"})
+    assert [r["eps"] for r in merge_with_previous(run_dir / "attack-apgd.json", again)["results"]] == [
+        0.3,
+        0.5,
+    ]
+    with caplog.at_level(logging.WARNING, logger="dsnn.report"):
+        (found,) = collect_runs(run_dir)
+    assert set(found.attacks) == {"apgd"}  # the stale pgd file is left out, with a warning
+    assert any("attack-pgd.json measured other weights" in r.message for r in caplog.records)
+
+
+KILLED = [*TINY, "model=resnet", "trainer.limit_batches=null", "data.n_train=2400", "trainer.max_epochs=4"]
+
+
+def train_process(run_dir, resume: bool) -> subprocess.Popen:
+    args = [*KILLED, f"hydra.run.dir={run_dir}", *(["trainer.resume=true"] if resume else [])]
+    return subprocess.Popen(
+        [sys.executable, "-m", "dsnn_cli", "train", *args],
+        cwd=REPO,
+        env={**os.environ, **SUBPROCESS_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def without_times(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def kill_at_random_points_then_finish(run_dir, kills: int, seed: int) -> None:
+    """SIGKILL the training process at random moments (loading, mid-epoch, validation, a
+    checkpoint write), resume each time, and finally let it finish."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(kills):
+        process = train_process(run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists())
+        time.sleep(rng.uniform(2.0, 7.0))
+        process.kill()
+        process.wait()
+        if RunDir(run_dir).status() == "done":
+            return
+    process = train_process(run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists())
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+
+
+def assert_same_run(straight, resumed) -> None:
+    a = load_checkpoint(straight / "checkpoints" / "final.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "final.pt")
+    assert a["weights_sha256"] == b["weights_sha256"]  # bit-for-bit the same weights
+    assert without_times(RunDir(straight).metrics()) == without_times(RunDir(resumed).metrics())
+    one, other = RunDir(straight).summary, RunDir(resumed).summary
+    assert other["status"] == "done" and other["test_acc"] == one["test_acc"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    _, stderr = train_process(run_dir, resume=False).communicate(timeout=300)
+    assert RunDir(run_dir).status() == "done", stderr
+    return run_dir
+
+
+def test_a_run_killed_at_a_random_point_resumes_to_the_same_result(straight_run, tmp_path):
+    kill_at_random_points_then_finish(tmp_path / "run", kills=1, seed=0)
+    assert_same_run(straight_run, tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_a_run_killed_again_and_again_resumes_to_the_same_result(straight_run, tmp_path, seed):
+    kill_at_random_points_then_finish(tmp_path / "run", kills=4, seed=seed)
+    assert_same_run(straight_run, tmp_path / "run")

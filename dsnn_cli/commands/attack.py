@@ -23,11 +23,12 @@ from dsnn_cli.commands import guarded
 from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import progress_bar
-from dsnn_cli.devices import resolve_device
+from dsnn_cli.devices import exact_float32, resolve_device
 from dsnn_cli.errors import DsnnError
 from dsnn_cli.models.networks import certificate_note
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
 from dsnn_cli.robustness.certificates import (
+    ROUNDING_SLACK,
     certified_mask,
     check_radii,
     float64_copy,
@@ -47,6 +48,7 @@ def attack_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / f"attack-{name}.json"
 
 
+@exact_float32()  # certificates are stated for exact float32 and float64 arithmetic
 def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Attack the model of ``cfg.run`` at every ``cfg.eps`` and write the attack file."""
     started = time.perf_counter()
@@ -57,7 +59,8 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     attack = build_attack(attack_cfg["name"], settings)
     device = resolve_device(str(cfg["device"]), key="device")
     checkpoint = find_checkpoint(run_dir)
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload).eval()
     model.to(device)
     data_info = model.config["data_info"]
     check_radii(eps_list, data_info)
@@ -87,15 +90,17 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         for eps in eps_list:
             outcome = attack(model, images, labels, eps)
             certified = None if radii is None else certified_mask(radii, eps)
+            float32_breaks = None
             if certified is not None:
                 certified = certified & outcome.correct
-                check_certificates(reference, outcome, certified, labels, eps)
+                float32_breaks = check_certificates(reference, outcome, certified, labels, eps)
             results.append(
                 {
                     "eps": eps,
                     "clean": mean(outcome.correct),
                     "robust": mean(outcome.robust),
                     "certified": None if certified is None else mean(certified),
+                    "float32_breaks": float32_breaks,
                     "stages": [{"attack": name, "robust": value} for name, value in outcome.stages],
                     "robust_mask": "".join("1" if r else "0" for r in outcome.robust.tolist()),
                 }
@@ -111,6 +116,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "lipschitz_bound": bound,
         "certificate_note": certificate_note(model.certificate()),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "weights_sha256": payload.get("weights_sha256"),
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -163,16 +169,17 @@ def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] |
     atomic_write_bytes(examples_path(run_dir, name), buffer.getvalue())
 
 
-def check_certificates(reference, outcome, certified: torch.Tensor, labels: torch.Tensor, eps: float) -> None:
-    """No certified point may be broken: re-check apparent breaks in float64.
+def check_certificates(reference, outcome, certified: torch.Tensor, labels: torch.Tensor, eps: float) -> int:
+    """No certified point may be broken: re-check apparent breaks in float64; returns how many
+    breaks were float32 rounding alone (recorded as `float32_breaks` and shown in the table).
 
     A break that the float64 model does not confirm is float32 rounding at the decision
-    boundary: the point counts as robust. A confirmed break means the bound is wrong, which
-    is an error, never a warning.
+    boundary: the point counts as robust, since the certificate is stated for exact arithmetic.
+    A confirmed break means the bound is wrong, which is an error, never a warning.
     """
     suspects = (certified & ~outcome.robust).nonzero().squeeze(1)
     if suspects.numel() == 0:
-        return
+        return 0
     with torch.no_grad():
         adversarial = outcome.adversarial[suspects].double()
         confirmed = reference(adversarial).argmax(1) != labels[suspects]
@@ -187,13 +194,17 @@ def check_certificates(reference, outcome, certified: torch.Tensor, labels: torc
         suspects.numel(),
         eps,
     )
+    return int(suspects.numel())
 
 
 def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Keep earlier eps values when the earlier file used the same attack on the same points."""
+    """Keep earlier eps values when the earlier file used the same attack on the same points of
+    the same weights (a checkpoint name alone would merge two epochs' last.pt)."""
     previous = read_json(path)
     as_json = json.loads(json.dumps(record))  # tuples become lists, as on disk
-    same = previous and all(previous.get(k) == as_json[k] for k in ("settings", "n", "checkpoint"))
+    same = previous and all(
+        previous.get(k) == as_json[k] for k in ("settings", "n", "checkpoint", "weights_sha256")
+    )
     if not same:
         return record
     mine = {round(r["eps"], 12) for r in record["results"]}
@@ -208,7 +219,14 @@ def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
         note = record.get("certificate_note") or "uncertified model"
         caption = f"no Lipschitz certificate ({note}): certified n/a"
     else:
-        caption = f"Lipschitz bound L = {bound:.6g}; certified: z_y - z_j > eps L ||w_y - w_j|| for every j"
+        caption = (
+            f"Lipschitz bound L = {bound:.6g}; certified: z_y - z_j > eps L (1 + {ROUNDING_SLACK:g}) "
+            "||w_y - w_j|| for every j (float64 margins)"
+        )
+        breaks = {r["eps"]: r["float32_breaks"] for r in record["results"] if r.get("float32_breaks")}
+        if breaks:
+            where = ", ".join(f"{n} at eps={eps:g}" for eps, n in breaks.items())
+            caption += f"; float32 broke certified points that float64 keeps (rounding): {where}"
     title = f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})"
     print_eps_table(title, record, ("clean", "robust", "certified"), caption)
 

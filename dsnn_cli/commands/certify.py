@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from dsnn_cli.commands import guarded
 from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
 from dsnn_cli.config import setting
-from dsnn_cli.devices import resolve_device
+from dsnn_cli.devices import exact_float32, resolve_device
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
     check_radii,
@@ -33,6 +33,7 @@ from dsnn_cli.rundir import atomic_write_json
 from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 
 
+@exact_float32()  # certificates are stated for exact float32 and float64 arithmetic
 def run_certify(cfg) -> dict[str, Any]:
     """Certified accuracy of ``cfg.run`` at every eps from float64 margins: one forward pass."""
     started = time.perf_counter()
@@ -42,7 +43,8 @@ def run_certify(cfg) -> dict[str, Any]:
     batch_size = setting(cfg, "batch_size", int, "", low=1)
     device = resolve_device(str(cfg["device"]), key="device")
     checkpoint = find_checkpoint(run_dir)
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload).eval()
     data_info = model.config["data_info"]
     check_radii(eps_list, data_info)
     images, labels, _ = evaluation_points(
@@ -68,6 +70,7 @@ def run_certify(cfg) -> dict[str, Any]:
         "certificate": model.certificate(),
         "n": int(len(labels)),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "weights_sha256": payload.get("weights_sha256"),
         "margin_quantiles": quantiles(margins[correct]),
         "radius_quantiles": None if radii is None else quantiles(radii[correct]),
         "seconds": round(time.perf_counter() - started, 3),

@@ -17,7 +17,7 @@ from dsnn_cli.config import setting, to_plain
 from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
-from dsnn_cli.devices import memory_format, resolve_device
+from dsnn_cli.devices import exact_float32, memory_format, resolve_device
 from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
@@ -30,9 +30,10 @@ from dsnn_cli.robustness.certificates import (
     parse_eps,
 )
 from dsnn_cli.robustness.structure import flow_map_metrics
-from dsnn_cli.rundir import RunDir
+from dsnn_cli.rundir import CONFIG, RunDir
 from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
 from dsnn_cli.training.loop import Recipe, TrainerConfig, fit, make_task
+from dsnn_cli.training.resumption import resumed_config
 
 log = logging.getLogger("dsnn.train")
 
@@ -63,16 +64,22 @@ class TrainSettings:
         return cls(TrainerConfig.from_config(cfg.trainer), recipe, model, data, parse_eps(cfg.certify.eps))
 
 
-def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
+def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train one model into `output_dir` and return its summary.
+
+    With `trainer.resume=true` on a started run, the run's own config.yaml is the config:
+    `overrides` (the command line's; None: every key of `cfg`) may change only RESUMABLE keys.
 
     Raises:
         UsageError: bad config (unknown option, a value of the wrong type or range, step sizes
-            outside the certified region, missing data root, a finished run directory reused).
+            outside the certified region, missing data root, a finished run directory reused,
+            a resumed run given settings that would change its result).
     """
     started = time.perf_counter()
     run = RunDir(output_dir)
     run.refuse_if_finished()
+    if setting(cfg.trainer, "resume", bool, "trainer") and run.started() and (run.path / CONFIG).is_file():
+        cfg = resumed_config(run, cfg, overrides)
     settings = TrainSettings.from_config(cfg)
     trainer = settings.trainer
     run.refuse_if_unfinished(trainer.resume)
@@ -131,8 +138,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str) -> dict[str, Any]:
                 "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
-            run.update(**results)
+            digest = save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
+            run.update(**results, weights_sha256=digest)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the checkpoints of finished epochs stay
             run.update(
                 status="interrupted",
@@ -192,6 +199,7 @@ def matching_run(source: Path, cfg: DictConfig) -> Path:
     return matches[0]
 
 
+@exact_float32()  # certificates are stated for exact float32 and float64 arithmetic
 def test_metrics(model, data, trainer: TrainerConfig, certify_eps, device) -> dict[str, Any]:
     """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
     fmt = memory_format(trainer.channels_last and isinstance(data, ImageData))
@@ -267,4 +275,5 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point of `dsnn train`."""
     from hydra.core.hydra_config import HydraConfig
 
-    run_train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_config = HydraConfig.get()
+    run_train(cfg, Path(hydra_config.runtime.output_dir), list(hydra_config.overrides.task))

@@ -32,7 +32,7 @@ from dsnn_cli.models.families import (
 )
 from dsnn_cli.models.integrators import INTEGRATORS
 from dsnn_cli.models.operators import ConstrainedNorm, DenseOperator
-from dsnn_cli.models.spaces import ImageSpace, VectorSpace
+from dsnn_cli.models.spaces import VECTOR_ORTHOGONALS, ImageSpace, VectorSpace
 from dsnn_cli.models.stages import DOWNSAMPLES, HEADS, STEMS
 
 NORMALIZATIONS = ("mean", "mean_std", "none")
@@ -259,15 +259,22 @@ def dense_steps(
 
     Why: after the last downsampling every feature can interact with every other in one dense
     step, which the per-stage convolutions reach only through depth. Their isometries are
-    square (contractive_width applies to the per-pixel channels only): a features x features
-    Cayley solve per training step is already their main cost.
+    square (contractive_width applies to the per-pixel channels only); `model.dense_orthogonal`
+    chooses one features x features Cayley solve or the far cheaper shuffled blocks.
     """
     count = int(cfg["dense_steps"])
     if count == 0:
         return []
     dense_cfg = {**cfg, "steps": count, "contractive_width": 1}
     return family.make_steps(
-        StepContext(dense_cfg, features, VectorSpace(), activation, integrator, fractions_of(cfg))
+        StepContext(
+            dense_cfg,
+            features,
+            VectorSpace(cfg.get("dense_orthogonal", "cayley")),
+            activation,
+            integrator,
+            fractions_of(cfg),
+        )
     )
 
 
@@ -305,6 +312,7 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "expansive_fraction": {"kind": float},
     "contractive": {"kind": str},
     "normalize": {"kind": str, "choices": NORMALIZATIONS},
+    "dense_orthogonal": {"kind": str, "choices": VECTOR_ORTHOGONALS},
 }
 
 

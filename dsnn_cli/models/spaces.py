@@ -40,10 +40,20 @@ class ImageSpace:
         return nn.Parameter(torch.zeros(1, channels, 1, 1))
 
 
+# The isometries of a vector space: one Cayley solve of the full matrix, or the shuffled
+# block factorisation (square only; far cheaper for the 1,024 features of a CIFAR dense pair).
+VECTOR_ORTHOGONALS = ("cayley", "shuffled_blocks")
+
+
 class VectorSpace:
     """Flat states (B, D): dense matrices."""
 
     kind = "vector"
+
+    def __init__(self, orthogonal: str = "cayley") -> None:
+        if orthogonal not in VECTOR_ORTHOGONALS:
+            raise ValueError(f"orthogonal must be one of {', '.join(VECTOR_ORTHOGONALS)}, got {orthogonal}")
+        self.orthogonal_kind = orthogonal
 
     def operator(self, c_in: int, c_out: int, constrained: bool = False) -> DenseOperator:
         return DenseOperator(c_in, c_out, constrained, bias=False)
@@ -52,8 +62,10 @@ class VectorSpace:
         self, channels: int, hidden: int | None = None, kernel_size: int | None = None
     ) -> nn.Module:
         """An isometry channels -> hidden (dense: there is no kernel)."""
-        from dsnn_cli.models.orthogonal import CayleyDenseOperator
+        from dsnn_cli.models.orthogonal import CayleyDenseOperator, ShuffledBlockCayley
 
+        if self.orthogonal_kind == "shuffled_blocks":
+            return ShuffledBlockCayley(channels, hidden)
         return CayleyDenseOperator(channels, hidden)
 
     def bias(self, channels: int) -> nn.Parameter:

@@ -49,14 +49,35 @@ def collect_runs(root: Path) -> list[RunRecord]:
         attacks = {}
         for attack_file in sorted(run_dir.glob("attack-*.json")):
             data = read_json(attack_file)
-            if isinstance(data, dict) and "results" in data:
-                attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
-            else:
+            if not (isinstance(data, dict) and "results" in data):
                 log.warning("%s is unreadable or not an attack record: left out", attack_file)
+            elif same_weights(summary, data, attack_file):
+                attacks[data.get("attack", attack_file.stem[len("attack-") :])] = data
         certify = read_json(run_dir / "certify.json")
-        certify = certify if isinstance(certify, dict) else None
+        certify = (
+            certify
+            if isinstance(certify, dict) and same_weights(summary, certify, run_dir / "certify.json")
+            else None
+        )
         records.append(RunRecord(run_dir, summary, attacks, read_config(run_dir / CONFIG), certify))
     return records
+
+
+def same_weights(summary: dict[str, Any], record: dict[str, Any], path: Path) -> bool:
+    """Whether an attack or certify record measured the weights the summary reports (by their
+    SHA-256; records from before the digest cannot tell and are kept)."""
+    mine, theirs = summary.get("weights_sha256"), record.get("weights_sha256")
+    if mine is None or theirs is None or mine == theirs:
+        return True
+    log.warning(
+        "%s measured other weights (%s, sha256 %s...) than the run's final model (sha256 %s...): "
+        "left out; run dsnn attack (or certify) on the run again",
+        path,
+        record.get("checkpoint", "?"),
+        theirs[:12],
+        mine[:12],
+    )
+    return False
 
 
 def read_config(path: Path) -> dict[str, Any] | None:

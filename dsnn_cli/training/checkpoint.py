@@ -3,11 +3,15 @@
 A checkpoint is a plain dict of tensors and Python values, loaded with
 ``torch.load(weights_only=True)`` so that opening one cannot run code. It stores the model
 config and the data facts (channels, size, classes, normalisation) used to build the
-model, so a run is rebuilt from its own checkpoint, never from today's defaults.
+model, so a run is rebuilt from its own checkpoint, never from today's defaults. It also
+carries the SHA-256 of its weights, verified on every load (a flipped bit in a tensor would
+otherwise load silently) and recorded by attacks, certificates and the summary, so a result
+is only ever paired with the weights that produced it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -24,18 +28,32 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
-def save_checkpoint(path: Path, model: nn.Module, **state: Any) -> None:
-    """Atomically save the model's weights and config plus any training state."""
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, model: nn.Module, **state: Any) -> str:
+    """Atomically save the model's weights and config plus any training state; returns the
+    weights' digest."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
         "model_config": model.config["model"],
         "data_info": model.config["data_info"],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": weights,
+        "weights_sha256": weights_digest(weights),
         **state,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+    return payload["weights_sha256"]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -52,6 +70,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DsnnError(f"{path} is not a dsnn checkpoint (format {FORMAT} expected)")
+    recorded = payload.get("weights_sha256")  # absent only in checkpoints older than the digest
+    if recorded is not None and (
+        not isinstance(payload.get("state_dict"), dict) or weights_digest(payload["state_dict"]) != recorded
+    ):
+        raise DsnnError(
+            f"checkpoint {path} fails its checksum (its weights changed after it was written); "
+            "re-run training or pick another checkpoint"
+        )
     return payload
 
 
