@@ -53,25 +53,33 @@ def model_config(overrides: list[str], widths: list[int]) -> dict:
     return to_plain(cfg.model)
 
 
-def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool) -> float:
+def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool, device: str = "cpu") -> float:
     torch.manual_seed(0)
     model = build_model(cfg, INFO).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(device=device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
     times = []
     for i in range(repeats + 2):
+        synchronize(device)
         start = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         penalty = model.regularization()
         (loss if penalty is None else loss + penalty).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         if i >= 2:  # two warm-up steps
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a step's time is its own."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -80,15 +88,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, widths {args.widths}, batch {args.batch}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{threads} CPU threads"
+    print(f"torch {torch.__version__}, {where}, widths {args.widths}, batch {args.batch}")
     baseline = None
     print(f"{'family':<24} {'params':>8} {'img/s':>8} {'vs resnet':>10}")
     for label, overrides in FAMILIES.items():
         cfg = model_config(overrides, args.widths)
         params = sum(p.numel() for p in build_model(cfg, INFO).parameters())
-        rate = images_per_second(cfg, args.batch, args.repeats, not args.contiguous)
+        rate = images_per_second(cfg, args.batch, args.repeats, not args.contiguous, args.device)
         baseline = baseline or rate
         print(f"{label:<24} {params:8d} {rate:8.0f} {rate / baseline:10.2f}")
 

@@ -120,12 +120,32 @@ def is_help(overrides: list[str]) -> bool:
 
 def train_argv(overrides: list[str]) -> list[str]:
     """A resume keeps the run's own Hydra record (.hydra/ of the first invocation): the run's
-    config.yaml already holds what the resumed run continues with."""
-    resuming = any(
-        item.partition("=")[0] == "trainer.resume" and item.partition("=")[2].lower() == "true"
-        for item in overrides
-    )
-    return [*overrides, "hydra.output_subdir=null"] if resuming else overrides
+    config.yaml already holds what the resumed run continues with. Under torchrun every rank
+    must use one run directory (`${now:}` differs between processes), and only rank 0 writes
+    Hydra's record and log."""
+    keys = {item.partition("=")[0]: item.partition("=")[2] for item in overrides}
+    extra = []
+    if keys.get("trainer.resume", "").lower() == "true":
+        extra.append("hydra.output_subdir=null")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_help(overrides):
+        if "hydra.run.dir" not in keys:
+            extra.append(f"hydra.run.dir={torchrun_run_dir()}")
+        if int(os.environ.get("RANK", "0")) > 0:
+            extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return [*overrides, *dict.fromkeys(extra)]
+
+
+def torchrun_run_dir() -> str:
+    """The run directory all ranks of one torchrun job share, named by its rendezvous id."""
+    from dsnn_cli.errors import UsageError
+
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id == "none":
+        raise UsageError(
+            "under torchrun without a rendezvous id the ranks cannot agree on a run directory: "
+            "give hydra.run.dir=DIR (or use torchrun --standalone)"
+        )
+    return f"outputs/runs/torchrun/{run_id}"
 
 
 COMMAND_ARGV_REWRITES = {

@@ -365,7 +365,10 @@ def train_process(run_dir, resume: bool) -> subprocess.Popen:
 
 
 def without_times(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    """The rows without what the machine measures (time, memory) rather than what training computed."""
+    return [
+        {k: v for k, v in row.items() if k not in ("seconds", "peak_memory_mb", "rss_mb")} for row in rows
+    ]
 
 
 def kill_at_random_points_then_finish(run_dir, kills: int, seed: int) -> None:

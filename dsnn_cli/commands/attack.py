@@ -23,7 +23,7 @@ from dsnn_cli.commands import guarded
 from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import progress_bar
-from dsnn_cli.devices import exact_float32, resolve_device
+from dsnn_cli.devices import exact_float32, peak_memory_mb, resolve_device
 from dsnn_cli.errors import DsnnError
 from dsnn_cli.models.networks import certificate_note
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
@@ -118,6 +118,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "weights_sha256": payload.get("weights_sha256"),
         "device": str(device),
+        "peak_memory_mb": peak_memory_mb(device),
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from dsnn_cli.commands import FAILURES, guarded
 from dsnn_cli.config import to_plain
+from dsnn_cli.distributed import current_world
 from dsnn_cli.errors import DsnnError, UsageError, describe
 from dsnn_cli.rundir import RunDir, read_json
 
@@ -72,6 +73,9 @@ def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     from dsnn_cli.commands.train import run_train
 
     run = RunDir(output_dir)
+    if not current_world().main:  # another rank of a data-parallel job: train only, write nothing
+        run_train(resume_if_started(cfg, run), output_dir)
+        return None
     try:
         attacks = sweep_attacks(cfg)
         todo = [a for a in attacks if not attack_done(output_dir, a, cfg.sweep.eps)]

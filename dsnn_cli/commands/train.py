@@ -17,7 +17,8 @@ from dsnn_cli.config import setting, to_plain
 from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
-from dsnn_cli.devices import exact_float32, memory_format, resolve_device
+from dsnn_cli.devices import exact_float32, memory_format, peak_memory_mb, resolve_device
+from dsnn_cli.distributed import current_world, join, leave
 from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
@@ -32,6 +33,7 @@ from dsnn_cli.robustness.certificates import (
 from dsnn_cli.robustness.structure import flow_map_metrics
 from dsnn_cli.rundir import CONFIG, RunDir
 from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
+from dsnn_cli.training.loggers import build_logger, check_logger_config
 from dsnn_cli.training.loop import Recipe, TrainerConfig, fit, make_task
 from dsnn_cli.training.resumption import resumed_config
 
@@ -47,6 +49,7 @@ class TrainSettings:
     model: dict[str, Any]
     data: dict[str, Any]
     certify_eps: list[float]
+    logger: dict[str, Any]
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> TrainSettings:
@@ -61,7 +64,10 @@ class TrainSettings:
         recipe.check()
         model = to_plain(cfg.model)
         check_model_config(model)
-        return cls(TrainerConfig.from_config(cfg.trainer), recipe, model, data, parse_eps(cfg.certify.eps))
+        logger = to_plain(cfg.logger)
+        check_logger_config(logger)
+        trainer = TrainerConfig.from_config(cfg.trainer)
+        return cls(trainer, recipe, model, data, parse_eps(cfg.certify.eps), logger)
 
 
 def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -88,7 +94,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
         raise UsageError(
             f"trainer.init_from={init_from} is not a run or sweep directory (give trainer.init_from=PATH)"
         )
-    device = resolve_device(trainer.device)
+    world = current_world()
+    device = join(world, resolve_device(trainer.device))
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(settings.recipe.seed)
@@ -98,6 +105,13 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
     if init_from:
         initialise_from(model, init_from, cfg)
     n_params = sum(p.numel() for p in model.parameters())
+    if not world.main:  # another rank under torchrun: train its shares, write nothing
+        try:
+            fit(model, data, task, trainer, settings.recipe, run, device, world=world)
+        finally:
+            leave(world)
+        return {}
+    logger = build_logger(settings.logger, run)
     with run.owned(), sigterm_interrupts():
         run.start(
             OmegaConf.to_yaml(cfg, resolve=True),
@@ -116,7 +130,9 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
             run.path,
         )
         try:
-            state = fit(model, data, task, trainer, settings.recipe, run, device)
+            logger.start(to_plain(cfg))
+            state = fit(model, data, task, trainer, settings.recipe, run, device, logger, world)
+            leave(world)
             chosen = choose_checkpoint(run, trainer.select)
             payload = load_checkpoint(chosen)
             model.load_state_dict(payload["state_dict"])
@@ -136,10 +152,13 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
                 "train_images": state["images"],
                 "divergence_retries": state["retries"],
                 "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
+                "peak_memory_mb": peak_memory_mb(device),
+                "ranks": world.size,
                 "seconds": round(time.perf_counter() - started, 3),
             }
             digest = save_checkpoint(run.checkpoints / FINAL, model.cpu(), epoch=payload.get("epoch"))
             run.update(**results, weights_sha256=digest)
+            logger.finish(run.summary)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the checkpoints of finished epochs stay
             run.update(
                 status="interrupted",
@@ -155,6 +174,9 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
                 seconds=round(time.perf_counter() - started, 3),
             )
             raise
+        finally:
+            logger.close()
+            leave(world)
     print_summary(run)
     return run.summary
 

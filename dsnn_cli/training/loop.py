@@ -22,11 +22,13 @@ from dsnn_cli.config import setting
 from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
-from dsnn_cli.devices import memory_format
+from dsnn_cli.devices import memory_format, peak_memory_mb, resident_memory_mb
+from dsnn_cli.distributed import World
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.rundir import RunDir
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from dsnn_cli.training.loggers import MetricLogger
 from dsnn_cli.training.losses import LipschitzMarginLoss, build_loss
 from dsnn_cli.training.optim import build_optimizer, build_schedule
 
@@ -69,6 +71,11 @@ def finite_weights(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
+# Training arithmetic: float32, or bfloat16 autocast for the forward pass and the loss (the
+# weights, the optimiser, every norm, bound and certificate stay float32/float64).
+PRECISIONS = ("32", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """The `trainer` group, validated: how long, in what batches, where, and what to keep."""
@@ -87,6 +94,8 @@ class TrainerConfig:
     max_minutes: float | None
     divergence_retries: int
     divergence_lr_factor: float
+    precision: str
+    compile: bool
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -108,6 +117,11 @@ class TrainerConfig:
             divergence_lr_factor=setting(
                 node, "divergence_lr_factor", float, "trainer", low=0, high=1, low_open=True
             ),
+            # "32" or bf16; a bare 32 on the command line arrives as an integer
+            precision=setting(
+                {"precision": str(node.get("precision"))}, "precision", str, "trainer", choices=PRECISIONS
+            ),
+            compile=setting(node, "compile", bool, "trainer"),
         )
 
     @property
@@ -148,6 +162,12 @@ class EpochStats:
         if self.classification:
             self.correct += int((outputs.argmax(1) == targets).sum())
         self.seen += n
+
+    def gather(self, world: World) -> None:
+        """Sum the ranks' shares, so that every rank holds the whole epoch's figures."""
+        if world.distributed:
+            loss_sum, correct, seen = world.sum(self.loss_sum, self.correct, self.seen)
+            self.loss_sum, self.correct, self.seen = loss_sum, int(correct), int(seen)
 
     @property
     def loss(self) -> float:
@@ -213,13 +233,19 @@ def fit(
     recipe: Recipe,
     run: RunDir,
     device: torch.device,
+    logger: MetricLogger | None = None,
+    world: World | None = None,
 ) -> dict:
     """Train `model` on `data.train`; returns what the summary needs.
 
     The learning rate follows the schedule over `max_epochs` epochs; with `max_minutes` it
     follows the clock instead (progress = time spent / budget, as many epochs as fit), so that
-    a run takes the same wall time on any machine.
+    a run takes the same wall time on any machine. `logger` sees every step's loss and every
+    epoch's row (metrics.jsonl is written regardless). Under torchrun (`world`) each rank
+    trains on its share of every global batch and only rank 0 writes.
     """
+    logger = logger or MetricLogger(run, {})
+    world = world or World()
     epochs, batch_size, limit = trainer.max_epochs, trainer.batch_size, trainer.limit_batches
     budget = trainer.budget_seconds
     fmt = memory_format(trainer.channels_last and task.classification)
@@ -227,6 +253,8 @@ def fit(
     train_split = data.train.to(device)
     val_split = data.val.to(device) if data.val is not None and len(data.val) else None
     model.to(device=device, memory_format=fmt)
+    trained = model if not world.distributed else data_parallel(model, device)
+    forward = torch.compile(trained) if trainer.compile else trained  # training steps only
     optimizer = build_optimizer(recipe.optim, model.parameters())
     steps = batches_per_epoch(len(train_split), batch_size, limit)
     schedule = build_schedule(recipe.scheduler, optimizer, epochs)
@@ -239,17 +267,19 @@ def fit(
         "images": 0,
         "lr_scale": 1.0,
         "retries": 0,
+        "steps": 0,
     }
     if trainer.resume and (run.checkpoints / LAST).is_file():
         state = {**state, **resume(run, model, optimizer, generator)}
-        run.reset_metrics(state["epoch"])
+        if world.main:
+            run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     augment = isinstance(data, ImageData) and recipe.augment
     with progress_bar(trainer.progress) as bar:
         total = budget if budget is not None else (epochs - state["epoch"]) * steps
         progress = bar.add_task("train", total=total, status="")
         epoch = state["epoch"]
-        while not finished(state, epochs, budget):
+        while not finished(state, epochs, budget, world):
             epoch += 1
             started = time.perf_counter()
             snapshot = Snapshot.take(model, optimizer, generator, state)
@@ -262,25 +292,36 @@ def fit(
                 )
             ):
                 spent = state["seconds"] + time.perf_counter() - started
+                if budget is not None and world.distributed:
+                    spent = world.max(spent)  # one clock for all ranks: they stop together
                 if budget is not None and spent >= budget:
                     break
                 schedule.set(
                     epochs * spent / budget if budget is not None else epoch - 1 + b / steps,
                     scale=state["lr_scale"],
                 )
-                outputs = model(x.contiguous(memory_format=fmt))
-                loss = task.loss(model, outputs, y)
+                batch = int(y.shape[0])
+                if world.distributed:
+                    x, y = x[world.share(batch)], y[world.share(batch)]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
+                    outputs = forward(x.contiguous(memory_format=fmt))
+                    loss = task.loss(model, outputs, y)
                 penalty = model.regularization()
-                total_loss = loss if penalty is None else loss + penalty
+                # DDP averages the ranks' gradients: weighting each share's mean by its size makes
+                # that average the gradient of the whole batch's mean, shares equal or not
+                share_weight = y.shape[0] * world.size / batch
+                total_loss = loss * share_weight if penalty is None else loss * share_weight + penalty
                 optimizer.zero_grad(set_to_none=True)
                 total_loss.backward()
                 value = loss.item()
-                if not math.isfinite(value):
+                if not math.isfinite(world.sum(value * y.shape[0])[0]):  # every rank decides alike
                     diverged = True
                     break
                 optimizer.step()
+                state["steps"] += 1
+                logger.step(state["steps"], {"loss": value})
                 stats.add(value, outputs.detach(), y)
-                state["images"] += int(y.shape[0])
+                state["images"] += batch
                 done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
                 bar.update(progress, completed=done, status=f"epoch {epoch} {stats.describe()}")
             if diverged or not finite_weights(model):
@@ -288,7 +329,9 @@ def fit(
                 epoch -= 1
                 continue
             model.calibrate()
+            stats.gather(world)
             row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
+            row.update(peak_memory_mb=peak_memory_mb(device), rss_mb=resident_memory_mb())
             state["seconds"] += time.perf_counter() - started
             row["seconds"] = round(state["seconds"], 3)
             improved = val_split is None or task.score(row) > state["best_score"]
@@ -297,16 +340,32 @@ def fit(
                     best_score=task.score(row) if val_split is not None else -math.inf, best_epoch=epoch
                 )
             state["epoch"] = epoch
-            run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
-            save_training_state(run, model, optimizer, generator, state, best=improved)
-            run.update(
-                epochs=epoch,
-                val_acc=row.get("val_acc"),
-                val_loss=row.get("val_loss"),
-                seconds=round(state["seconds"], 3),
-            )
-            log.info(format_row(row))
+            if world.main:  # every rank holds the same state; one writes it
+                record_epoch(run, logger, model, optimizer, generator, state, row, improved)
+            world.barrier()  # no rank starts the next epoch before the checkpoint is written
     return state
+
+
+def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool) -> None:
+    """The epoch's row, checkpoints and summary, in the order a resumed run relies on."""
+    run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
+    logger.epoch(row["epoch"], row)
+    save_training_state(run, model, optimizer, generator, state, best=improved)
+    run.update(
+        epochs=row["epoch"],
+        val_acc=row.get("val_acc"),
+        val_loss=row.get("val_loss"),
+        seconds=round(state["seconds"], 3),
+    )
+    log.info(format_row(row))
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model under DistributedDataParallel (buffers such as power-iteration vectors are
+    broadcast from rank 0 at every forward, so the ranks' constraints agree)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def retry_after_divergence(
@@ -336,9 +395,12 @@ def retry_after_divergence(
     return state
 
 
-def finished(state: Mapping[str, Any], epochs: int, budget: float | None) -> bool:
-    """Done when the epochs are, or (with a time budget) when the budget is spent."""
-    return state["seconds"] >= budget if budget is not None else state["epoch"] >= epochs
+def finished(state: Mapping[str, Any], epochs: int, budget: float | None, world: World | None = None) -> bool:
+    """Done when the epochs are, or (with a time budget) when the budget is spent (by the
+    slowest rank's clock, so that all ranks stop together)."""
+    if budget is None:
+        return state["epoch"] >= epochs
+    return (world.max(state["seconds"]) if world else state["seconds"]) >= budget
 
 
 def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fmt) -> dict[str, Any]:

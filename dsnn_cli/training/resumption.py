@@ -29,6 +29,7 @@ RESUMABLE = (
     "trainer.progress",
     "trainer.eval_batch_size",
     "trainer.channels_last",
+    "trainer.compile",
     "certify.eps",
     "data.root",
     "data.download",

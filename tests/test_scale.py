@@ -1,0 +1,95 @@
+"""Beyond one CPU, as far as a CPU can show it: live metrics, memory, bfloat16, compilation."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import TINY, compose_config, run_cli
+
+from dsnn_cli.commands.train import run_train
+from dsnn_cli.errors import UsageError
+from dsnn_cli.rundir import RunDir
+
+SHORT = [*TINY, "model=lipschitz", "trainer.max_epochs=3", "trainer.limit_batches=4"]
+
+
+def test_the_csv_logger_writes_the_metrics_rows(tmp_path):
+    run_train(compose_config("train", [*SHORT, "logger=csv"]), tmp_path / "run")
+    rows = RunDir(tmp_path / "run").metrics()
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in table] == [row["epoch"] for row in rows] == [1, 2, 3]
+    assert [float(r["val_acc"]) for r in table] == [row["val_acc"] for row in rows]
+
+
+def test_the_tensorboard_logger_writes_steps_epochs_and_hyperparameters(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'dsnn[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = [*SHORT, "logger=tensorboard", "logger.log_every_n_steps=2"]
+    summary = run_train(compose_config("train", overrides), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]  # 4 steps x 3 epochs
+    rows = RunDir(tmp_path / "run").metrics()
+    assert [e.value for e in events.Scalars("epoch/val_acc")] == pytest.approx([r["val_acc"] for r in rows])
+    assert "epoch/peak_memory_mb" in scalars
+    (final,) = events.Scalars("final/test_acc")  # add_hparams: the config with the final figures
+    assert final.value == pytest.approx(summary["test_acc"])
+    assert "final/certified@0.3" in scalars
+    session = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"loss.eps" in session and b"model.name" in session  # the config as hyperparameters
+    assert summary["status"] == "done"
+
+
+def test_a_missing_logger_back_end_or_an_unknown_logger_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match=r"unknown logger 'wandb' \(valid: csv, jsonl, tensorboard\)"):
+        run_train(compose_config("train", [*SHORT, "logger.name=wandb"]), tmp_path / "run")
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # as if not installed
+    with pytest.raises(UsageError, match=r"pip install 'dsnn\[tensorboard\]'"):
+        run_train(compose_config("train", [*SHORT, "logger=tensorboard"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_is_reported_and_does_not_grow_over_epochs(tmp_path):
+    """A fresh process (a peak would hide a leak in a long test session), ten epochs: the
+    resident memory after epoch 3 stays within a few MB of what it is at epoch 10."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "model=lipschitz", "trainer.max_epochs=10", "trainer.limit_batches=null"]
+    args += ["data.n_train=600"]
+    done = run_cli("train", *args, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    rows = RunDir(run_dir).metrics()
+    resident = [row["rss_mb"] for row in rows]
+    assert all(r > 0 for r in resident)
+    assert all(row["peak_memory_mb"] >= r for row, r in zip(rows, resident, strict=True))
+    assert max(resident[3:]) - resident[2] < 8.0, resident
+    assert RunDir(run_dir).summary["peak_memory_mb"] >= max(resident)
+
+
+def test_bf16_training_runs_in_bfloat16_and_certifies_in_float64(tmp_path):
+    runs = {}
+    for precision in ("32", "bf16"):
+        runs[precision] = run_train(
+            compose_config("train", [*SHORT, f"trainer.precision={precision}"]), tmp_path / precision
+        )
+    losses = {p: [r["train_loss"] for r in RunDir(tmp_path / p).metrics()] for p in runs}
+    assert losses["32"] != losses["bf16"]  # autocast was really on
+    assert all(loss == loss for loss in losses["bf16"])  # finite (NaN != NaN)
+    bf16 = runs["bf16"]
+    assert bf16["status"] == "done" and bf16["lipschitz_bound"] <= 1 + 1e-5
+    assert bf16["certified"] and "precision: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("value", ["16", "fp8", "true"])
+def test_an_unknown_precision_is_refused(value, tmp_path):
+    with pytest.raises(UsageError, match="trainer.precision"):
+        run_train(compose_config("train", [*SHORT, f"trainer.precision={value}"]), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(tmp_path):
+    eager = run_train(compose_config("train", SHORT), tmp_path / "eager")
+    compiled = run_train(compose_config("train", [*SHORT, "trainer.compile=true"]), tmp_path / "compiled")
+    assert compiled["test_acc"] == pytest.approx(eager["test_acc"], abs=0.02)
