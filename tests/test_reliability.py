@@ -416,3 +416,20 @@ def test_a_run_killed_at_a_random_point_resumes_to_the_same_result(straight_run,
 def test_a_run_killed_again_and_again_resumes_to_the_same_result(straight_run, tmp_path, seed):
     kill_at_random_points_then_finish(tmp_path / "run", kills=4, seed=seed)
     assert_same_run(straight_run, tmp_path / "run")
+
+
+def test_attacking_an_unfinished_run_says_which_weights_it_uses(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from helpers import attack_config
+
+    from dsnn_cli.commands.attack import run_attack
+
+    run_dir = tmp_path / "run"
+    interrupted_after_epochs(compose_config("train", OWN_SETTINGS), run_dir, monkeypatch, epochs=1)
+    attack = {"name": "pgd", "n_examples": 16, "steps": 2, "restarts": 1}
+    with caplog.at_level(logging.WARNING, logger="dsnn"):
+        record = run_attack(attack_config(str(run_dir), [0.1], attack, device="cpu"))
+    assert record["checkpoint"] == "checkpoints/last.pt"
+    assert record["weights_sha256"] == load_checkpoint(run_dir / "checkpoints" / "last.pt")["weights_sha256"]
+    assert any("has not finished (status interrupted" in r.message for r in caplog.records)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
+from dsnn_cli.commands.common import checkpoint_to_evaluate, evaluation_points, mean, print_eps_table
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import progress_bar
 from dsnn_cli.devices import exact_float32, peak_memory_mb, resolve_device
@@ -39,7 +39,7 @@ from dsnn_cli.robustness.certificates import (
     parse_eps,
 )
 from dsnn_cli.rundir import atomic_write_json, read_json
-from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger("dsnn.attack")
 
@@ -58,7 +58,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     settings = attack_settings(attack_cfg)
     attack = build_attack(attack_cfg["name"], settings)
     device = resolve_device(str(cfg["device"]), key="device")
-    checkpoint = find_checkpoint(run_dir)
+    checkpoint = checkpoint_to_evaluate(run_dir)
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload).eval()
     model.to(device)

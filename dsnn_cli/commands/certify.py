@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import evaluation_points, mean, print_eps_table
+from dsnn_cli.commands.common import checkpoint_to_evaluate, evaluation_points, mean, print_eps_table
 from dsnn_cli.config import setting
 from dsnn_cli.devices import exact_float32, resolve_device
 from dsnn_cli.robustness.certificates import (
@@ -30,7 +30,7 @@ from dsnn_cli.robustness.certificates import (
     parse_eps,
 )
 from dsnn_cli.rundir import atomic_write_json
-from dsnn_cli.training.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @exact_float32()  # certificates are stated for exact float32 and float64 arithmetic
@@ -42,7 +42,7 @@ def run_certify(cfg) -> dict[str, Any]:
     n_examples = setting(cfg, "n_examples", int, "", low=1, nullable=True)
     batch_size = setting(cfg, "batch_size", int, "", low=1)
     device = resolve_device(str(cfg["device"]), key="device")
-    checkpoint = find_checkpoint(run_dir)
+    checkpoint = checkpoint_to_evaluate(run_dir)
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload).eval()
     data_info = model.config["data_info"]

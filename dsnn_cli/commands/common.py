@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,26 @@ from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.loading import load_data
 from dsnn_cli.data.subsets import stratified_subset
 from dsnn_cli.errors import DsnnError, UsageError
-from dsnn_cli.rundir import CONFIG
+from dsnn_cli.rundir import CONFIG, RunDir
+from dsnn_cli.training.checkpoint import FINAL, find_checkpoint
+
+log = logging.getLogger("dsnn")
+
+
+def checkpoint_to_evaluate(run_dir: Path) -> Path:
+    """The run's final checkpoint, or, for a run that did not finish, its latest epoch's, said
+    in one warning: attacks and certificates of an unfinished run describe that epoch only."""
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint.name != FINAL:
+        run = RunDir(run_dir)
+        log.warning(
+            "run=%s has not finished (status %s, %s epochs): using %s, its latest epoch's weights",
+            run_dir,
+            run.live_status(),
+            run.summary.get("epochs", "?"),
+            checkpoint.relative_to(run_dir),
+        )
+    return checkpoint
 
 
 def evaluation_points(
