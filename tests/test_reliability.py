@@ -433,3 +433,42 @@ def test_attacking_an_unfinished_run_says_which_weights_it_uses(tmp_path, monkey
     assert record["checkpoint"] == "checkpoints/last.pt"
     assert record["weights_sha256"] == load_checkpoint(run_dir / "checkpoints" / "last.pt")["weights_sha256"]
     assert any("has not finished (status interrupted" in r.message for r in caplog.records)
+
+
+def test_an_attack_killed_midway_leaves_no_record_and_reruns_to_the_same_one(trained_lipschitz_run, tmp_path):
+    """SIGKILL during `dsnn attack`: no partial attack file; the rerun writes the record an
+    uninterrupted attack writes (attacks are seeded)."""
+    import random
+    import shutil
+
+    from conftest import run_cli
+
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    shutil.copytree(trained_lipschitz_run, killed)
+    shutil.copytree(trained_lipschitz_run, straight)
+    for name in ("attack-pgd.json", "attack-pgd-examples.pt"):
+        for run in (killed, straight):
+            (run / name).unlink(missing_ok=True)
+    args = ["eps=[0.1,0.3]", "attack=pgd", "attack.n_examples=200", "attack.steps=400", "device=cpu"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsnn_cli", "attack", f"run={killed}", *args],
+        cwd=REPO,
+        env={**os.environ, **SUBPROCESS_ENV, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in process.stdout:  # wait until the attack itself runs (about 4 s of it here)
+        if "attack=pgd on" in line:
+            break
+    time.sleep(random.Random(0).uniform(0.5, 1.5))
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL  # killed midway, not finished
+    assert not (killed / "attack-pgd.json").exists()
+    assert run_cli("attack", f"run={killed}", *args).returncode == 0
+    assert run_cli("attack", f"run={straight}", *args).returncode == 0
+    measured = ("seconds", "created", "peak_memory_mb")
+    records = [json.loads((run / "attack-pgd.json").read_text()) for run in (killed, straight)]
+    one, other = ({k: v for k, v in r.items() if k not in measured} for r in records)
+    assert one == other
