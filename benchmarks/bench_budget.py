@@ -52,6 +52,7 @@ ABLATIONS = {
     "dense head (||W|| <= 1)": ["model.head=dense"],
     "loss eps 0.15": ["loss.eps=0.15"],
     "dense head, loss eps 0.15": ["model.head=dense", "loss.eps=0.15"],
+    "widths 24/48/96": ["model.widths=[24,48,96]"],
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
 }
 
