@@ -132,7 +132,6 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
         try:
             logger.start(to_plain(cfg))
             state = fit(model, data, task, trainer, settings.recipe, run, device, logger, world)
-            leave(world)
             chosen = choose_checkpoint(run, trainer.select)
             payload = load_checkpoint(chosen)
             model.load_state_dict(payload["state_dict"])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnn_cli.config import setting
+from dsnn_cli.config import check, setting
 from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
@@ -118,9 +118,7 @@ class TrainerConfig:
                 node, "divergence_lr_factor", float, "trainer", low=0, high=1, low_open=True
             ),
             # "32" or bf16; a bare 32 on the command line arrives as an integer
-            precision=setting(
-                {"precision": str(node.get("precision"))}, "precision", str, "trainer", choices=PRECISIONS
-            ),
+            precision=check("trainer.precision", str(node.get("precision")), str, choices=PRECISIONS),
             compile=setting(node, "compile", bool, "trainer"),
         )
 
@@ -302,7 +300,8 @@ def fit(
                 )
                 batch = int(y.shape[0])
                 if world.distributed:
-                    x, y = x[world.share(batch)], y[world.share(batch)]
+                    share = world.share(batch)
+                    x, y = x[share], y[share]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
                     outputs = forward(x.contiguous(memory_format=fmt))
                     loss = task.loss(model, outputs, y)

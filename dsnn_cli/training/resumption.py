@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dsnn_cli.config import to_plain
+from dsnn_cli.config import convert, to_plain
 from dsnn_cli.errors import UsageError
 from dsnn_cli.rundir import CONFIG, RunDir
 from dsnn_cli.training.checkpoint import LAST, load_checkpoint
@@ -60,7 +60,7 @@ def resumed_config(run: RunDir, cfg: DictConfig, overrides: list[str] | None) ->
     done = int(load_checkpoint(run.checkpoints / LAST)["training"]["state"]["epoch"])  # not the summary:
     # a kill between the checkpoint and the summary's update leaves the summary one epoch behind
     for key, (_, new) in changed.items():
-        if key == "trainer.max_epochs" and (convert_int(new) is None or convert_int(new) < done):
+        if key == "trainer.max_epochs" and (convert(new, int) is None or convert(new, int) < done):
             raise UsageError(
                 f"trainer.resume: trainer.max_epochs={new} is below the {done} epochs already trained"
             )
@@ -104,10 +104,3 @@ def override_keys(overrides: list[str]) -> list[str]:
         if key and key.split(".")[0] not in ("hydra", *GLOBAL_GROUPS) and key != "trainer.resume":
             keys.append(key.split("@")[0])
     return keys
-
-
-def convert_int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
