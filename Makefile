@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 EPS ?= 0.3
-MINUTES ?= 22
+MINUTES ?= 24
 # One run directory per `make run`, named to the microsecond.
 RUN_DIR := outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 
@@ -21,7 +21,7 @@ $(BIN)/dsnn: pyproject.toml
 
 install: $(BIN)/dsnn ## create .venv and install dsnn with its test tools
 
-run: $(BIN)/dsnn ## train the default model for MINUTES (22), attack it at EPS (0.3), report (ARGS=overrides)
+run: $(BIN)/dsnn ## train the default model for MINUTES (24), attack it at EPS (0.3), report (ARGS=overrides)
 	$(BIN)/dsnn train hydra.run.dir=$(RUN_DIR) trainer.max_minutes=$(MINUTES) $(ARGS)
 	$(BIN)/dsnn attack run=$(RUN_DIR) eps=$(EPS)
 	$(BIN)/dsnn report dir=$(RUN_DIR)
