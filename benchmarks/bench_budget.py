@@ -4,13 +4,15 @@
     python benchmarks/bench_budget.py --minutes 22 --full-test --root ...                  # make run's
     python benchmarks/bench_budget.py --minutes 3 --set ablations --root ...                # each lever
     python benchmarks/bench_budget.py --minutes 3 --set all --root ...                      # both
+    python benchmarks/bench_budget.py --minutes 10 --pgd 500 --root ...                     # + PGD at 0.3
 
 Each candidate is a list of `dsnn train` overrides, run one after another in this process on
 the same data (one thread pool, nothing else running: time them alone) with
 `trainer.max_minutes` as the budget, so the learning-rate schedule fits the budget whatever
 the candidate's speed. Printed per candidate: parameters, training images/s, epochs reached,
 clean accuracy and certified accuracy at 36/255 and 0.3 on the test subset (2,000
-class-stratified images unless --full-test), with the proven bound. Results also go to
+class-stratified images unless --full-test), with the proven bound; with --pgd N also the
+PGD-robust accuracy at 0.3 (`dsnn attack`'s default attack) on the first N of those. Results also go to
 outputs/bench/<time>/budget.json, and each candidate's run directory sits beside it.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from dsnn_cli.commands.attack import run_attack
 from dsnn_cli.commands.train import run_train
 from dsnn_cli.console import percent, print_table
 
@@ -48,12 +51,16 @@ ABLATIONS = {
     "first-channel unshuffle (no projection)": ["model.downsample=unshuffle"],
     "Cayley 3x3 contraction": ["model.contractive_kernel=3", "model.contractive_width=1"],
     "Kaiming expansive init": ["model.expansive_init=kaiming", "model.expansive_bias=0"],
+    "alpha 0.25": ["model.activation.alpha=0.25"],
     "alpha 0.5 (the paper's slope)": ["model.activation.alpha=0.5"],
     "dense head (||W|| <= 1)": ["model.head=dense"],
     "loss eps 0.15": ["loss.eps=0.15"],
     "dense head, loss eps 0.15": ["model.head=dense", "loss.eps=0.15"],
     "widths 24/48/96": ["model.widths=[24,48,96]"],
+    "deeper: 4 steps in the last stage, 4 dense steps": ["model.steps=[2,2,4]", "model.dense_steps=4"],
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
+    "loss temperature 0.5": ["loss.temperature=0.5"],
+    "loss temperature 1": ["loss.temperature=1.0"],
 }
 
 
@@ -66,10 +73,19 @@ def decode_once_per_process() -> None:
     images.decode_images = lambda paths: memo(tuple(paths))
 
 
-def compose_train(overrides: list[str]):
+def compose_config(name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name=name, overrides=overrides)
+
+
+def pgd_robust(run_dir: Path, n: int, root: str | None) -> float | None:
+    """PGD-robust accuracy at 0.3 on n test points, as `dsnn attack run=RUN eps=0.3` reports it."""
+    if not n:
+        return None
+    overrides = [f"run={run_dir}", "eps=[0.3]", f"attack.n_examples={n}"]
+    record = run_attack(compose_config("attack", [*overrides, *([f"data_root={root}"] if root else [])]))
+    return record["results"][0]["robust"]
 
 
 def main() -> None:
@@ -83,6 +99,7 @@ def main() -> None:
         default="side",
         help="side: lipschitz, CPL and resnet; ablations: the default and one lever at a time; all: both",
     )
+    parser.add_argument("--pgd", type=int, default=0, help="PGD at 0.3 on this many test points (0: none)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument("--out", default=f"outputs/bench/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     args = parser.parse_args()
@@ -101,7 +118,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         run_dir = out / f"{len(results):02d}_{name.split(' ')[0].replace(',', '')}"
-        summary = run_train(compose_train([*data, *budget, *overrides]), run_dir)
+        summary = run_train(compose_config("train", [*data, *budget, *overrides]), run_dir)
         certified = summary["certified"] or {}
         results.append(
             {
@@ -113,6 +130,7 @@ def main() -> None:
                 "test_acc": summary["test_acc"],
                 "certified_36/255": certified.get("0.141176"),
                 "certified_0.3": certified.get("0.3"),
+                "pgd_0.3": pgd_robust(run_dir, args.pgd, args.root),
                 "lipschitz_bound": summary["lipschitz_bound"],
                 "n_test": summary["n_test"],
                 "run": str(run_dir),
@@ -129,10 +147,11 @@ def main() -> None:
             percent(r["test_acc"]),
             percent(r["certified_36/255"]),
             percent(r["certified_0.3"]),
+            percent(r["pgd_0.3"]),
         ]
         for r in results
     ]
-    header = ["candidate", "params", "img/s", "epochs", "clean", "cert 36/255", "cert 0.3"]
+    header = ["candidate", "params", "img/s", "epochs", "clean", "cert 36/255", "cert 0.3", "PGD 0.3"]
     n_test = results[0]["n_test"] if results else 0
     title = f"{args.minutes:g} min of training per candidate, {n_test} test images"
     print_table(title, header, rows, left={"candidate"})

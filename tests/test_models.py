@@ -53,12 +53,13 @@ IMAGE_CERTIFIED = [
 IMAGE_IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in IMAGE_CERTIFIED]
 
 
-
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 1.0])
 def test_leaky_relu_is_max_x_alpha_x_with_slopes_in_its_interval(alpha):
     """The fused kernel computes max{x, alpha x}; every derivative, the kink included, is in [alpha, 1]."""
     act = build_activation({"name": "leaky_relu", "alpha": alpha})
-    x = torch.cat([torch.randn(1000, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]).requires_grad_()
+    x = torch.cat(
+        [torch.randn(1000, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]
+    ).requires_grad_()
     y = act.module(x)
     assert torch.equal(y, torch.maximum(x, alpha * x))
     (grad,) = torch.autograd.grad(y.sum(), x)
@@ -66,6 +67,7 @@ def test_leaky_relu_is_max_x_alpha_x_with_slopes_in_its_interval(alpha):
     a, b = torch.randn(2, 1000, dtype=torch.float64)
     quotient = (act.module(a) - act.module(b)) / (a - b)
     assert (quotient >= alpha - 1e-12).all() and (quotient <= 1 + 1e-12).all()
+
 
 # The settings every family's tests share, where the family's YAML has the key.
 SHARED = {
