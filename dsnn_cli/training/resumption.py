@@ -57,18 +57,25 @@ def resumed_config(run: RunDir, cfg: DictConfig, overrides: list[str] | None) ->
             f"a resume continues with the run's own config (only {', '.join(RESUMABLE)} may change): "
             "drop those overrides, or start a new run"
         )
-    done = int(load_checkpoint(run.checkpoints / LAST)["training"]["state"]["epoch"])  # not the summary:
-    # a kill between the checkpoint and the summary's update leaves the summary one epoch behind
+    if "trainer.max_epochs" in changed:
+        refuse_fewer_epochs(run, changed["trainer.max_epochs"][1])
     for key, (_, new) in changed.items():
-        if key == "trainer.max_epochs" and (convert(new, int) is None or convert(new, int) < done):
-            raise UsageError(
-                f"trainer.resume: trainer.max_epochs={new} is below the {done} epochs already trained"
-            )
         OmegaConf.update(stored, key, new, force_add=True)
     OmegaConf.update(stored, "trainer.resume", True, force_add=True)
     if changed:
         log.info("trainer.resume: continuing with the run's config, changed: %s", ", ".join(changed))
     return stored
+
+
+def refuse_fewer_epochs(run: RunDir, max_epochs: Any) -> None:
+    """A resume may extend a run, not end it before the epochs last.pt already holds (read
+    from last.pt, not the summary: a kill between the two writes leaves the summary behind)."""
+    done = int(load_checkpoint(run.checkpoints / LAST)["training"]["state"]["epoch"])
+    epochs = convert(max_epochs, int)
+    if epochs is None or epochs < done:
+        raise UsageError(
+            f"trainer.resume: trainer.max_epochs={max_epochs} is below the {done} epochs already trained"
+        )
 
 
 def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
