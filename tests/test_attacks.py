@@ -11,7 +11,7 @@ from torch import nn
 
 import dsnn_cli
 from dsnn_cli.commands.attack import run_attack
-from dsnn_cli.robustness.attacks import ATTACKS, l2_norms, project
+from dsnn_cli.robustness.attacks import ATTACKS, fast_gradient, l2_norms, margin_loss, project
 
 SMOKE_ATTACK = {
     "name": "pgd",
@@ -91,6 +91,27 @@ def test_projection_keeps_ball_and_box():
     delta = project(x, 10 * torch.randn(32, 3, 4, 4), 0.5)
     assert bool((l2_norms(delta) <= 0.5 + 1e-6).all())
     assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 1
+
+
+def test_fast_gradient_lowers_a_linear_margin_by_exactly_eps_times_the_row_gap():
+    """On a linear model the margin z_y - z_j falls along -(w_y - w_j) at rate ||w_y - w_j||:
+    one normalised gradient step of the margin loss is that direction, so away from the box's
+    faces the margin drops by exactly eps ||w_y - w_j|| (the nearest class j = argmax of the rest)."""
+    model, x, y, _ = linear_problem(0.1, classes=2)
+    eps = 0.05
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(margin_loss(logits, y).sum(), x)
+    moved = fast_gradient(x.detach(), grad, eps)
+    delta = moved - x.detach()
+    assert bool((l2_norms(delta) <= eps * (1 + 1e-6)).all())
+    assert float(moved.min()) >= 0 and float(moved.max()) <= 1
+    interior = ((moved > 0) & (moved < 1)).flatten(1).all(1)  # no pixel clipped by the box
+    assert int(interior.sum()) > 20
+    w = model.weight.detach()
+    gap = (w[0] - w[1]).norm()
+    before, after = -margin_loss(logits.detach(), y), -margin_loss(model(moved).detach(), y)
+    torch.testing.assert_close(before[interior] - after[interior], (eps * gap).expand(int(interior.sum())))
 
 
 def test_attack_file_on_a_certified_run(trained_lipschitz_run):

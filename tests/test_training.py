@@ -88,6 +88,68 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
     assert strip(ma) == strip(mb)
 
 
+@pytest.mark.parametrize("start, replays", [(0.0, 6), (0.5, 3)])
+def test_adversarial_training_replays_every_batch_at_its_fast_gradient_point(
+    start, replays, tmp_path, monkeypatch
+):
+    """adversarial.eps: from adversarial.start on, each batch costs two optimiser steps, the second
+    on the first's inputs moved eps along the input gradient that the first step's backward left."""
+    import dsnn_cli.commands.train as train
+    from dsnn_cli.robustness.attacks import fast_gradient, l2_norms
+
+    calls = []
+
+    def recording(x, grad, eps):
+        calls.append((x, grad))
+        return fast_gradient(x, grad, eps)
+
+    monkeypatch.setattr(train, "fast_gradient", recording)
+    cfg = compose_config(
+        "train",
+        [
+            *TINY,
+            "model=lipschitz",
+            "trainer.limit_batches=3",
+            "trainer.max_epochs=2",
+            "adversarial.eps=0.3",
+            f"adversarial.start={start}",
+        ],
+    )
+    run_train(cfg, tmp_path / "run")
+    assert len(calls) == replays  # 2 epochs of 3 batches; with start 0.5, the second epoch's
+    for x, grad in calls:
+        assert grad.shape == x.shape and not x.requires_grad
+        assert bool((l2_norms(grad) > 0).all())  # every point's own loss gradient
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["training"]["state"]
+    assert state["steps"] == 6 + replays and state["images"] == 6 * 32
+
+
+def test_a_step_leaves_the_gradient_of_its_loss_in_the_inputs(trained_lipschitz_run):
+    """What the replay perturbs along: x.grad after `optimise` is the input gradient of the
+    batch loss at the weights before the step."""
+    from dsnn_cli.distributed import World
+    from dsnn_cli.training.loop import make_task, optimise
+
+    model = dsnn_cli.load_model(
+        trained_lipschitz_run
+    )  # eval mode: no power-iteration update between the passes
+    task = make_task(
+        {"name": "lipschitz_margin", "eps": 0.1, "lipschitz": 1.0, "temperature": 0.25}, None, "x"
+    )
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 2
+    probe = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(task.loss(model, model(probe), y), probe)
+    x.requires_grad_(True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, _ = optimise(model, model, task, optimizer, x, y, "32", World(), batch=8)
+    torch.testing.assert_close(x.grad, expected)
+    assert any(
+        not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)
+    )  # and it stepped
+    assert loss > 0
+
+
 def test_finished_run_dir_is_refused(trained_run):
     with pytest.raises(UsageError, match="already holds a finished run"):
         run_train(compose_config("train", TINY), trained_run)
@@ -111,9 +173,12 @@ def test_failed_run_is_recorded(tmp_path, monkeypatch):
     assert summary["status"] == "failed" and "nan at epoch 1" in summary["error"]
 
 
-def test_bad_training_settings_are_refused_before_the_run_starts(tmp_path):
-    cfg = compose_config("train", [*TINY, "optim.lr=-1"])
-    with pytest.raises(UsageError, match="optim.lr"):
+@pytest.mark.parametrize(
+    "override", ["optim.lr=-1", "adversarial.eps=0", "adversarial.eps=abc", "adversarial.start=1.5"]
+)
+def test_bad_training_settings_are_refused_before_the_run_starts(override, tmp_path):
+    cfg = compose_config("train", [*TINY, override])
+    with pytest.raises(UsageError, match=override.split("=")[0].replace(".", r"\.")):
         run_train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "summary.json").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dsnn_cli.distributed import current_world, join, leave
 from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
+from dsnn_cli.robustness.attacks import fast_gradient
 from dsnn_cli.robustness.certificates import (
     certified_accuracy,
     float64_copy,
@@ -60,6 +62,10 @@ class TrainSettings:
             scheduler=to_plain(cfg.scheduler),
             seed=setting(cfg, "seed", int, ""),
             augment=bool(data["augment"]) if "augment" in data else False,  # vector data: none
+            adversary=adversary(
+                setting(cfg.adversarial, "eps", float, "adversarial", low=0, low_open=True, nullable=True)
+            ),
+            adversarial_start=setting(cfg.adversarial, "start", float, "adversarial", low=0, high=1),
         )
         recipe.check()
         model = to_plain(cfg.model)
@@ -68,6 +74,12 @@ class TrainSettings:
         check_logger_config(logger)
         trainer = TrainerConfig.from_config(cfg.trainer)
         return cls(trainer, recipe, model, data, parse_eps(cfg.certify.eps), logger)
+
+
+def adversary(eps: float | None):
+    """The perturbation free adversarial training replays: the l2 fast gradient step at eps
+    (None: no replay)."""
+    return None if eps is None else functools.partial(fast_gradient, eps=eps)
 
 
 def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | None = None) -> dict[str, Any]:

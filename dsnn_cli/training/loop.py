@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,10 @@ class Recipe:
     scheduler: Mapping[str, Any]
     seed: int
     augment: bool
+    # Free adversarial training: from the fraction `adversarial_start` of training on, each batch
+    # is trained on, then again at adversary(x, input gradient of that step) (None: clean only)
+    adversary: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    adversarial_start: float = 0.0
 
     def check(self) -> None:
         """Build loss, optimiser and schedule on a stand-in parameter, so that a bad setting is
@@ -294,31 +298,32 @@ def fit(
                     spent = world.max(spent)  # one clock for all ranks: they stop together
                 if budget is not None and spent >= budget:
                     break
-                schedule.set(
-                    epochs * spent / budget if budget is not None else epoch - 1 + b / steps,
-                    scale=state["lr_scale"],
-                )
+                elapsed = (
+                    epochs * spent / budget if budget is not None else epoch - 1 + b / steps
+                )  # in epochs
+                schedule.set(elapsed, scale=state["lr_scale"])
                 batch = int(y.shape[0])
                 if world.distributed:
                     share = world.share(batch)
                     x, y = x[share], y[share]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
-                    outputs = forward(x.contiguous(memory_format=fmt))
-                    loss = task.loss(model, outputs, y)
-                penalty = model.regularization()
-                # DDP averages the ranks' gradients: weighting each share's mean by its size makes
-                # that average the gradient of the whole batch's mean, shares equal or not
-                share_weight = y.shape[0] * world.size / batch
-                total_loss = loss * share_weight if penalty is None else loss * share_weight + penalty
-                optimizer.zero_grad(set_to_none=True)
-                total_loss.backward()
-                value = loss.item()
-                if not math.isfinite(world.sum(value * y.shape[0])[0]):  # every rank decides alike
+                adversarial = recipe.adversary is not None and elapsed >= recipe.adversarial_start * epochs
+                x = x.contiguous(memory_format=fmt).requires_grad_(adversarial)
+                clean = optimise(forward, model, task, optimizer, x, y, trainer.precision, world, batch)
+                replay = None
+                if clean is not None and adversarial:  # the same batch again, attacked (free AT)
+                    attacked = recipe.adversary(x.detach(), x.grad)
+                    replay = optimise(
+                        forward, model, task, optimizer, attacked, y, trainer.precision, world, batch
+                    )
+                if clean is None or (adversarial and replay is None):
                     diverged = True
                     break
-                optimizer.step()
-                state["steps"] += 1
-                logger.step(state["steps"], {"loss": value})
+                value, outputs = clean
+                scalars = (
+                    {"loss": value} if replay is None else {"loss": value, "adversarial_loss": replay[0]}
+                )
+                state["steps"] += len(scalars)
+                logger.step(state["steps"], scalars)
                 stats.add(value, outputs.detach(), y)
                 state["images"] += batch
                 done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
@@ -343,6 +348,29 @@ def fit(
                 record_epoch(run, logger, model, optimizer, generator, state, row, improved)
             world.barrier()  # no rank starts the next epoch before the checkpoint is written
     return state
+
+
+def optimise(
+    forward, model: nn.Module, task: Task, optimizer, x, y, precision: str, world: World, batch: int
+) -> tuple[float, torch.Tensor] | None:
+    """One optimiser step on (x, y): (loss, logits), or None when the loss is not finite (the
+    step is then skipped, on every rank alike). The input's gradient is left in x.grad when
+    x requires it."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        outputs = forward(x)
+        loss = task.loss(model, outputs, y)
+    penalty = model.regularization()
+    # DDP averages the ranks' gradients: weighting each share's mean by its size makes
+    # that average the gradient of the whole batch's mean, shares equal or not
+    share_weight = y.shape[0] * world.size / batch
+    total_loss = loss * share_weight if penalty is None else loss * share_weight + penalty
+    optimizer.zero_grad(set_to_none=True)
+    total_loss.backward()
+    value = loss.item()
+    if not math.isfinite(world.sum(value * y.shape[0])[0]):  # every rank decides alike
+        return None
+    optimizer.step()
+    return value, outputs.detach()
 
 
 def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool) -> None:
