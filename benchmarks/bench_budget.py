@@ -61,10 +61,16 @@ ABLATIONS = {
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
     "loss temperature 0.5": ["loss.temperature=0.5"],
     "loss temperature 1": ["loss.temperature=1.0"],
-    "free adversarial training, eps 0.15": ["adversarial.eps=0.15"],
-    "free adversarial training, eps 0.3": ["adversarial.eps=0.3"],
-    "free adversarial training, eps 0.3, second half": ["adversarial.eps=0.3", "adversarial.start=0.5"],
-    "free adversarial training, eps 0.5, second half": ["adversarial.eps=0.5", "adversarial.start=0.5"],
+    "free adversarial training, eps 0.15": ["loss.adversarial.eps=0.15"],
+    "free adversarial training, eps 0.3": ["loss.adversarial.eps=0.3"],
+    "free adversarial training, eps 0.3, second half": [
+        "loss.adversarial.eps=0.3",
+        "loss.adversarial.start=0.5",
+    ],
+    "free adversarial training, eps 0.5, second half": [
+        "loss.adversarial.eps=0.5",
+        "loss.adversarial.start=0.5",
+    ],
 }
 
 

@@ -88,12 +88,12 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
     assert strip(ma) == strip(mb)
 
 
-@pytest.mark.parametrize("start, replays", [(0.0, 6), (0.5, 3)])
+@pytest.mark.parametrize("eps, start, replays", [(0.3, 0.0, 6), (0.3, 0.5, 3), ("null", 0.0, 0)])
 def test_adversarial_training_replays_every_batch_at_its_fast_gradient_point(
-    start, replays, tmp_path, monkeypatch
+    eps, start, replays, tmp_path, monkeypatch
 ):
-    """adversarial.eps: from adversarial.start on, each batch costs two optimiser steps, the second
-    on the first's inputs moved eps along the input gradient that the first step's backward left."""
+    """loss.adversarial: from `start` on, each batch costs two optimiser steps, the second on
+    the first's inputs moved eps along the input gradient that the first step's backward left."""
     import dsnn_cli.commands.train as train
     from dsnn_cli.robustness.attacks import fast_gradient, l2_norms
 
@@ -111,8 +111,8 @@ def test_adversarial_training_replays_every_batch_at_its_fast_gradient_point(
             "model=lipschitz",
             "trainer.limit_batches=3",
             "trainer.max_epochs=2",
-            "adversarial.eps=0.3",
-            f"adversarial.start={start}",
+            f"loss.adversarial.eps={eps}",
+            f"loss.adversarial.start={start}",
         ],
     )
     run_train(cfg, tmp_path / "run")
@@ -174,7 +174,8 @@ def test_failed_run_is_recorded(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "override", ["optim.lr=-1", "adversarial.eps=0", "adversarial.eps=abc", "adversarial.start=1.5"]
+    "override",
+    ["optim.lr=-1", "loss.adversarial.eps=0", "loss.adversarial.eps=abc", "loss.adversarial.start=1.5"],
 )
 def test_bad_training_settings_are_refused_before_the_run_starts(override, tmp_path):
     cfg = compose_config("train", [*TINY, override])

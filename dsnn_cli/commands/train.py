@@ -56,16 +56,18 @@ class TrainSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> TrainSettings:
         data = check_data_config(cfg.data)
+        loss = to_plain(cfg.loss)
+        adversarial = loss.pop("adversarial", {"eps": None, "start": 0.0})  # regression losses: none
         recipe = Recipe(
-            loss=to_plain(cfg.loss),
+            loss=loss,
             optim=to_plain(cfg.optim),
             scheduler=to_plain(cfg.scheduler),
             seed=setting(cfg, "seed", int, ""),
             augment=bool(data["augment"]) if "augment" in data else False,  # vector data: none
             adversary=adversary(
-                setting(cfg.adversarial, "eps", float, "adversarial", low=0, low_open=True, nullable=True)
+                setting(adversarial, "eps", float, "loss.adversarial", low=0, low_open=True, nullable=True)
             ),
-            adversarial_start=setting(cfg.adversarial, "start", float, "adversarial", low=0, high=1),
+            adversarial_start=setting(adversarial, "start", float, "loss.adversarial", low=0, high=1),
         )
         recipe.check()
         model = to_plain(cfg.model)
