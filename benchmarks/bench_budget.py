@@ -40,6 +40,8 @@ CANDIDATES = {
         "model.substeps=1",
         "model.activation.name=relu",
         "~model.activation.alpha",
+        "loss.eps=0.08",  # the baseline as measured before adversarial training became the default
+        "loss.adversarial.eps=null",
     ],
     "resnet (uncertified)": ["model=resnet", "loss=cross_entropy"],
 }
@@ -61,16 +63,14 @@ ABLATIONS = {
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
     "loss temperature 0.5": ["loss.temperature=0.5"],
     "loss temperature 1": ["loss.temperature=1.0"],
-    "free adversarial training, eps 0.15": ["loss.adversarial.eps=0.15"],
-    "free adversarial training, eps 0.3": ["loss.adversarial.eps=0.3"],
-    "free adversarial training, eps 0.3, second half": [
-        "loss.adversarial.eps=0.3",
-        "loss.adversarial.start=0.5",
+    "clean batches only (no adversarial replay)": ["loss.adversarial.eps=null"],
+    "loss eps 0.08, clean batches (the default before adversarial training)": [
+        "loss.eps=0.08",
+        "loss.adversarial.eps=null",
     ],
-    "free adversarial training, eps 0.5, second half": [
-        "loss.adversarial.eps=0.5",
-        "loss.adversarial.start=0.5",
-    ],
+    "adversarial replay from the start": ["loss.adversarial.start=0"],
+    "adversarial replay from half-way": ["loss.adversarial.start=0.5"],
+    "adversarial replay at eps 0.5": ["loss.adversarial.eps=0.5"],
 }
 
 

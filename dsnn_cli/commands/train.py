@@ -57,7 +57,7 @@ class TrainSettings:
     def from_config(cls, cfg: DictConfig) -> TrainSettings:
         data = check_data_config(cfg.data)
         loss = to_plain(cfg.loss)
-        adversarial = loss.pop("adversarial", {"eps": None, "start": 0.0})  # regression losses: none
+        adversarial = loss.get("adversarial", {"eps": None, "start": 0.0})  # regression losses: none
         recipe = Recipe(
             loss=loss,
             optim=to_plain(cfg.optim),

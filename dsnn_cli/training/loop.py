@@ -309,21 +309,22 @@ def fit(
                 adversarial = recipe.adversary is not None and elapsed >= recipe.adversarial_start * epochs
                 x = x.contiguous(memory_format=fmt).requires_grad_(adversarial)
                 clean = optimise(forward, model, task, optimizer, x, y, trainer.precision, world, batch)
-                replay = None
-                if clean is not None and adversarial:  # the same batch again, attacked (free AT)
+                if clean is None:
+                    diverged = True
+                    break
+                value, outputs = clean
+                state["steps"] += 1
+                logger.step(state["steps"], {"loss": value})
+                if adversarial:  # the same batch again, moved along the gradient it left (free AT)
                     attacked = recipe.adversary(x.detach(), x.grad)
                     replay = optimise(
                         forward, model, task, optimizer, attacked, y, trainer.precision, world, batch
                     )
-                if clean is None or (adversarial and replay is None):
-                    diverged = True
-                    break
-                value, outputs = clean
-                scalars = (
-                    {"loss": value} if replay is None else {"loss": value, "adversarial_loss": replay[0]}
-                )
-                state["steps"] += len(scalars)
-                logger.step(state["steps"], scalars)
+                    if replay is None:
+                        diverged = True
+                        break
+                    state["steps"] += 1
+                    logger.step(state["steps"], {"adversarial_loss": replay[0]})
                 stats.add(value, outputs.detach(), y)
                 state["images"] += batch
                 done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1

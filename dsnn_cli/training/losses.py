@@ -74,5 +74,10 @@ def mse() -> nn.Module:
     return nn.MSELoss()
 
 
+# Keys of a loss group that are not the loss function's arguments: its name, and where the
+# training loop evaluates it (`adversarial`: free adversarial training, read by `dsnn train`).
+NOT_ARGUMENTS = ("name", "adversarial")
+
+
 def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
-    return LOSSES.build(cfg["name"], {k: v for k, v in cfg.items() if k != "name"})
+    return LOSSES.build(cfg["name"], {k: v for k, v in cfg.items() if k not in NOT_ARGUMENTS})
