@@ -175,7 +175,14 @@ def test_failed_run_is_recorded(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "override",
-    ["optim.lr=-1", "loss.adversarial.eps=0", "loss.adversarial.eps=abc", "loss.adversarial.start=1.5"],
+    [
+        "optim.lr=-1",
+        "loss.adversarial.eps=0",
+        "loss.adversarial.eps=abc",
+        "loss.adversarial.start=1.5",
+        "loss.adversarial=0.3",
+        "loss.adversarial=null",
+    ],
 )
 def test_bad_training_settings_are_refused_before_the_run_starts(override, tmp_path):
     cfg = compose_config("train", [*TINY, override])

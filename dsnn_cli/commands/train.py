@@ -57,7 +57,12 @@ class TrainSettings:
     def from_config(cls, cfg: DictConfig) -> TrainSettings:
         data = check_data_config(cfg.data)
         loss = to_plain(cfg.loss)
-        adversarial = loss.get("adversarial", {"eps": None, "start": 0.0})  # regression losses: none
+        adversarial = loss.get("adversarial") or {"eps": None, "start": 0.0}  # regression losses: none
+        if not isinstance(adversarial, dict):
+            raise UsageError(
+                f"loss.adversarial={adversarial} is not valid: it is a group, set loss.adversarial.eps=... "
+                "and loss.adversarial.start=..."
+            )
         recipe = Recipe(
             loss=loss,
             optim=to_plain(cfg.optim),

@@ -298,9 +298,8 @@ def fit(
                     spent = world.max(spent)  # one clock for all ranks: they stop together
                 if budget is not None and spent >= budget:
                     break
-                elapsed = (
-                    epochs * spent / budget if budget is not None else epoch - 1 + b / steps
-                )  # in epochs
+                # progress in epochs: of the budget's clock, or of the batches
+                elapsed = epochs * spent / budget if budget is not None else epoch - 1 + b / steps
                 schedule.set(elapsed, scale=state["lr_scale"])
                 batch = int(y.shape[0])
                 if world.distributed:
