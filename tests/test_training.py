@@ -181,7 +181,6 @@ def test_failed_run_is_recorded(tmp_path, monkeypatch):
         "loss.adversarial.eps=abc",
         "loss.adversarial.start=1.5",
         "loss.adversarial=0.3",
-        "loss.adversarial=null",
     ],
 )
 def test_bad_training_settings_are_refused_before_the_run_starts(override, tmp_path):
