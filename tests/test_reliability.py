@@ -116,6 +116,9 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_resume_finishes_it(tm
     assert summary["status"] == "interrupted" and "trainer.resume=true" in summary["error"]
     done = summary["epochs"]
     assert 1 <= done < 30  # stopped mid-training, after at least one checkpoint
+    assert (
+        load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == done
+    )  # summary and checkpoint agree
     assert [row["epoch"] for row in RunDir(run_dir).metrics()] == list(range(1, done + 1))  # records agree
     cfg = compose_config("train", [*args, "trainer.resume=true", f"trainer.max_epochs={done + 1}"])
     resumed = run_train(cfg, run_dir)

@@ -324,7 +324,7 @@ def fit(
                         break
                     state["steps"] += 1
                     logger.step(state["steps"], {"adversarial_loss": replay[0]})
-                stats.add(value, outputs.detach(), y)
+                stats.add(value, outputs, y)  # optimise returns them detached
                 state["images"] += batch
                 done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
                 bar.update(progress, completed=done, status=f"epoch {epoch} {stats.describe()}")
