@@ -6,15 +6,23 @@ stream, as a single process would) and trains on its share; DistributedDataParal
 the gradients, weighted so that the step is the one a single process takes on the whole
 batch. Only rank 0 writes the run directory. A checkpoint holds no trace of the world size,
 so a run resumes under any number of ranks.
+
+On GPUs the process group has NCCL for CUDA tensors and gloo for CPU ones
+(`cpu:gloo,cuda:nccl`); the training loop reduces tensors of its own device, so a collective
+does not wait for the host.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from dsnn_cli.errors import DsnnError
 
 
 @dataclass(frozen=True)
@@ -39,20 +47,18 @@ class World:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
-    def sum(self, *values: float) -> list[float]:
-        """Sums over the ranks (the values themselves in one process), in float64."""
-        if not self.distributed:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks, in place on the tensor's own device (the tensor itself in one
+        process): no host sync on a GPU."""
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
 
-    def max(self, value: float) -> float:
-        if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return float(tensor)
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The largest value over the ranks, in place on the tensor's own device."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
 
     def barrier(self) -> None:
         if self.distributed:
@@ -80,16 +86,50 @@ def export_submitit_tasks() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def backend(device: torch.device) -> str:
+    """The process group's backends: NCCL for CUDA tensors and gloo for CPU ones on GPUs (NCCL
+    alone refuses a CPU tensor), gloo elsewhere."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def local_gpu(world: World) -> torch.device:
+    """This rank's GPU among the ones it sees: cuda:LOCAL_RANK where the ranks of a node share
+    its GPUs, cuda:0 where each task sees only its own (SLURM binding one GPU per task)."""
+    count = torch.cuda.device_count()
+    if world.local_rank < count:
+        return torch.device("cuda", world.local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise DsnnError(
+        f"rank {world.rank} (local rank {world.local_rank}) sees {count} GPUs: start at most one "
+        "rank per GPU on a node (torchrun --nproc_per_node, hydra.launcher.tasks_per_node)"
+    )
+
+
 def join(world: World, device: torch.device) -> torch.device:
-    """Join the process group (NCCL on GPUs, gloo on CPUs); returns this rank's device."""
+    """Join the process group (NCCL and gloo on GPUs, gloo on CPUs); returns this rank's device."""
     if not world.distributed:
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+        device = local_gpu(world)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend(device))
     return device
+
+
+@contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """Rank 0 runs the block before the others do (a download into a shared folder: the others
+    then find the files); one process runs it plainly. Rank 0 lets the others go even when the
+    block fails."""
+    if world.distributed and not world.main:
+        world.barrier()
+    try:
+        yield
+    finally:
+        if world.distributed and world.main:
+            world.barrier()
 
 
 def leave(world: World) -> None:

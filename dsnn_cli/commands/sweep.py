@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from dsnn_cli.commands import FAILURES, guarded
 from dsnn_cli.config import to_plain
+from dsnn_cli.devices import job_device
 from dsnn_cli.distributed import current_world
 from dsnn_cli.errors import DsnnError, UsageError, describe
 from dsnn_cli.rundir import RunDir, read_json
@@ -63,15 +64,23 @@ def attack_done(output_dir: Path, attack: dict[str, Any], eps_values) -> bool:
     return all(round(eps, 12) in have for eps in parse_eps(eps_values))
 
 
-def run_sweep_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
-    """Train, then attack, one grid point; errors are logged and recorded, not raised.
+def run_sweep_job(cfg: DictConfig, output_dir: Path, job: int = 0) -> dict[str, Any] | None:
+    """Train, then attack, one grid point (the sweep's job number `job`); errors are logged and
+    recorded, not raised.
 
     A job whose run is done and whose attack files cover `sweep.eps` is skipped, so running
-    a sweep again into the same directory trains and attacks only what is missing.
+    a sweep again into the same directory trains and attacks only what is missing. On a
+    machine with several GPUs, `trainer.device` auto or cuda puts job k on GPU k mod count,
+    so parallel jobs (hydra/launcher=joblib) share the GPUs.
     """
     from dsnn_cli.commands.attack import run_attack
     from dsnn_cli.commands.train import run_train
 
+    device = job_device(cfg.trainer.device, job)
+    if device != cfg.trainer.device:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.trainer.device = device
     run = RunDir(output_dir)
     if not current_world().main:  # another rank of a data-parallel job: train only, write nothing
         run_train(resume_if_started(cfg, run), output_dir)
@@ -160,4 +169,5 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point of `dsnn sweep`."""
     from hydra.core.hydra_config import HydraConfig
 
-    run_sweep_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_config = HydraConfig.get()
+    run_sweep_job(cfg, Path(hydra_config.runtime.output_dir), int(hydra_config.job.get("num") or 0))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from dsnn_cli.data.containers import DATASETS, LazySplit, Source
+from dsnn_cli.devices import to_device
 from dsnn_cli.errors import DsnnError, UsageError, one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -168,15 +169,21 @@ DATASETS.add("cifar100", torchvision_cifar("CIFAR100", "CIFAR-100"))
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
-    """Random crop from a zero-padded image and random horizontal flip, per image."""
+    """Random crop from a zero-padded image and random horizontal flip, per image.
+
+    The draws come from `generator` on the CPU (what a checkpoint saves) and reach the images'
+    device as one non-blocking copy.
+    """
     n, _, h, w = images.shape
+    device = images.device
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    rows = dy[:, None] + torch.arange(h, device=images.device)
-    cols = dx[:, None] + torch.arange(w, device=images.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=images.device)[:, None, None]
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    dy, dx, flip = to_device(torch.stack([dy, dx, flip.long()]), device)
+    rows = dy[:, None] + torch.arange(h, device=device)
+    cols = dx[:, None] + torch.arange(w, device=device)
+    cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
+    batch = torch.arange(n, device=device)[:, None, None]
     cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return cropped.permute(0, 3, 1, 2).contiguous()

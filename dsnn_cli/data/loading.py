@@ -16,6 +16,7 @@ from dsnn_cli.data.containers import DATASETS, ImageData, Split, VectorData, Vec
 from dsnn_cli.data.images import augment_batch
 from dsnn_cli.data.subsets import split_validation, stratified_subset
 from dsnn_cli.data.vectors import vector_data
+from dsnn_cli.devices import to_device
 from dsnn_cli.errors import UsageError
 
 # The numeric and switch keys of the data groups (each group has the ones it uses).
@@ -98,15 +99,19 @@ def batches(
     """Yield (float inputs, targets) on the split's device; uint8 images become [0, 1] floats.
 
     The shuffling and augmentation draws come from `generator` (on the CPU), so a run
-    resumed from a checkpoint that saved the generator repeats them exactly.
+    resumed from a checkpoint that saved the generator repeats them exactly. They reach the
+    device without blocking the host: the order once per pass, the augmentation draws as one
+    copy per batch.
     """
     n = len(split)
+    device = split.inputs.device
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = to_device(order, device)
     count = 0
     for start in range(0, n, batch_size):
         if limit is not None and count >= limit:
             return
-        idx = order[start : start + batch_size].to(split.inputs.device)
+        idx = order[start : start + batch_size]
         inputs = split.inputs[idx]
         if inputs.dtype == torch.uint8:  # images: augment as uint8, then scale to [0, 1]
             if augment:

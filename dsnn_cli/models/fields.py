@@ -29,6 +29,12 @@ from dsnn_cli.models.activations import Activation
 from dsnn_cli.models.integrators import Field
 
 
+def biased(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """z + bias in z's dtype: a float32 bias would lift bf16 activations back to float32 under
+    autocast (and keep the next layers in float32)."""
+    return z + bias.to(z.dtype)
+
+
 class VectorField(nn.Module, ABC):
     """A vector field whose normalised weights are computed once per network evaluation."""
 
@@ -66,7 +72,7 @@ class ResNetField(VectorField):
         ka, kb = self.A.effective_weight(), self.B.effective_weight()
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            return self.B.apply_with(self.act(self.A.apply_with(x, ka) + self.bias), kb)
+            return self.B.apply_with(self.act(biased(self.A.apply_with(x, ka), self.bias)), kb)
 
         return f
 
@@ -87,7 +93,7 @@ class NaiveField(VectorField):
         ka, kb = self.A.effective_weight(), self.B.effective_weight()
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            return self.B.apply_with(self.act(self.A.apply_with(x, ka) + self.bias), kb) - x
+            return self.B.apply_with(self.act(biased(self.A.apply_with(x, ka), self.bias)), kb) - x
 
         return f
 
@@ -139,7 +145,7 @@ class GradientField(VectorField):
         ka = self.A.effective_weight()
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            return -self.A.adjoint_with(self.act(self.A.apply_with(x, ka) + self.bias), ka)
+            return -self.A.adjoint_with(self.act(biased(self.A.apply_with(x, ka), self.bias)), ka)
 
         return f
 
@@ -190,7 +196,7 @@ class ExpansiveField(VectorField):
         kw = self.W.effective_weight()
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            return self.act(self.W.apply_with(x, kw) + self.bias)
+            return self.act(biased(self.W.apply_with(x, kw), self.bias))
 
         return f
 
@@ -216,7 +222,7 @@ class MassField(VectorField):
         ku = self.U.effective_weight()
 
         def f(y: torch.Tensor) -> torch.Tensor:
-            a = self.act(self.U.apply_with(y, ku) + self.bias).view(-1, self.dim, self.dim)
+            a = self.act(biased(self.U.apply_with(y, ku), self.bias)).view(-1, self.dim, self.dim)
             return a.sum(dim=2) - a.sum(dim=1)
 
         return f

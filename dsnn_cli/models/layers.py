@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dsnn_cli.devices import at_least_float32, full_precision
 from dsnn_cli.models.activations import Activation
-from dsnn_cli.models.fields import GradientField, VectorField
+from dsnn_cli.models.fields import GradientField, VectorField, biased
 from dsnn_cli.models.integrators import Flow, Integrator, heun_step
 from dsnn_cli.models.step_sizes import FixedStepSize, StepSize, step_value
 
@@ -95,7 +96,8 @@ class Shear(SubFlow):
         def flow(state: torch.Tensor, t: float) -> torch.Tensor:
             parts = list(torch.split(state, list(self.sizes), dim=1))
             source = parts[1 - self.target]
-            parts[self.target] = parts[self.target] + t * self.act(self.A.apply_with(source, ka) + self.bias)
+            shear = self.act(biased(self.A.apply_with(source, ka), self.bias))
+            parts[self.target] = parts[self.target] + t * shear
             return torch.cat(parts, dim=1)
 
         return flow
@@ -117,16 +119,19 @@ class SphereFlow(SubFlow):
         self.act = activation.module
 
     def omega(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        s = self.act(self.V.apply_with(x, kv) + self.bias).view(-1, self.dim, self.dim)
+        s = self.act(biased(self.V.apply_with(x, kv), self.bias)).view(-1, self.dim, self.dim)
         return s - s.transpose(1, 2)
 
     def bind_flow(self) -> Flow:
         kv = self.V.effective_weight()
 
         def flow(x: torch.Tensor, t: float) -> torch.Tensor:
-            half = torch.linalg.matrix_exp(0.5 * t * self.omega(x, kv)) @ x.unsqueeze(2)
-            rotation = torch.linalg.matrix_exp(t * self.omega(half.squeeze(2), kv))
-            return (rotation @ x.unsqueeze(2)).squeeze(2)
+            # in float32 at least: a bfloat16 matrix exponential is not orthogonal (nor finite)
+            with full_precision(x):
+                wide = at_least_float32(x)
+                half = torch.linalg.matrix_exp(0.5 * t * self.omega(wide, kv)) @ wide.unsqueeze(2)
+                rotation = torch.linalg.matrix_exp(t * self.omega(half.squeeze(2), kv))
+                return (rotation @ wide.unsqueeze(2)).squeeze(2).to(x.dtype)
 
         return flow
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dsnn_cli.config import convert, setting, to_plain
+from dsnn_cli.devices import autocast_dtype
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import build_activation
 from dsnn_cli.models.families import (
@@ -152,6 +153,7 @@ class ImageNet(DynamicsNet):
                 f"got {x.shape[-2]}x{x.shape[-1]}: its convolution bounds hold for that size only"
             )
         x = self.stem(self.normalize(x))
+        x = x.to(autocast_dtype(x))  # under bf16 autocast the activations stay bf16 from here on
         for stage in self.stages:
             x = stage(x)
         x = torch.flatten(x, 1)
@@ -225,6 +227,7 @@ class VectorNet(DynamicsNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lift(x)
+        x = x.to(autocast_dtype(x))  # under bf16 autocast the activations stay bf16 from here on
         for step in self.steps:
             x = step(x)
         return self.head(x)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsnn_cli.devices import full_precision
 from dsnn_cli.models.norms import conv_norm_bound, matrix_norm_bound
 
 # Relative margin added to sigma at calibration: covers float32 rounding of W / sigma.
@@ -61,16 +62,18 @@ class ConstrainedNorm(nn.Module, ABC):
         return self.weight / torch.clamp(sigma, min=1.0)
 
     def _power_step(self, weight: torch.Tensor) -> torch.Tensor:
-        """One power-iteration step; returns sigma, differentiable in the weight."""
-        with torch.no_grad():
-            w = weight.detach()
-            v = self.apply_with(self.u, w)
-            v = v / v.norm().clamp_min(1e-12)
-            u = self.adjoint_with(v, w)
-            self.u.copy_(u / u.norm().clamp_min(1e-12))
-        # The graph keeps its own copy of u: a second power step in the same forward pass (the
-        # head's rows read by the loss) updates self.u in place.
-        sigma = (v * self.apply_with(self.u.clone(), weight)).sum()
+        """One power-iteration step; returns sigma, differentiable in the weight (in float32
+        under autocast: sigma scales every weight)."""
+        with full_precision(weight):
+            with torch.no_grad():
+                w = weight.detach()
+                v = self.apply_with(self.u, w)
+                v = v / v.norm().clamp_min(1e-12)
+                u = self.adjoint_with(v, w)
+                self.u.copy_(u / u.norm().clamp_min(1e-12))
+            # The graph keeps its own copy of u: a second power step in the same forward pass
+            # (the head's rows read by the loss) updates self.u in place.
+            sigma = (v * self.apply_with(self.u.clone(), weight)).sum()
         self.sigma.copy_(sigma.detach())
         return sigma
 
@@ -160,7 +163,7 @@ class DenseOperator(ConstrainedNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.apply_with(x, self.effective_weight())
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)  # bf16 stays bf16 under autocast
 
     def extra_repr(self) -> str:
         out_f, in_f = self.weight.shape

@@ -25,15 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsnn_cli.devices import at_least_float32, full_precision
 from dsnn_cli.models.norms import FLOAT64_SLACK
 
 INIT_SCALE = 0.1
 
 
 def _cayley(skew: torch.Tensor) -> torch.Tensor:
-    """(I + S)^{-1}(I - S) over the leading batch dimensions; I + S is invertible for skew S."""
+    """(I + S)^{-1}(I - S) over the leading batch dimensions. I + S is invertible for every skew
+    S (its eigenvalues are 1 + i t), so the solve skips its error check, which on a GPU would
+    wait for the device at every call."""
     eye = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
-    return torch.linalg.solve(eye + skew, eye - skew)
+    return torch.linalg.solve_ex(eye + skew, eye - skew, check_errors=False).result
 
 
 def _singular_values(matrices: torch.Tensor) -> tuple[float, float]:
@@ -150,11 +153,18 @@ class CayleyConvOperator(_CachedCayley):
 
     def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A x for x of shape (B, c, n1, n2), with `weight` the matrices from `effective_weight()`."""
-        return torch.fft.irfft2(per_frequency(weight, torch.fft.rfft2(x)), s=self.input_size)
+        return self.in_frequencies(x, weight)
 
     def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A^T y: the same diagonalisation with A(w)^H."""
-        return torch.fft.irfft2(per_frequency(weight.mH, torch.fft.rfft2(y)), s=self.input_size)
+        return self.in_frequencies(y, weight.mH)
+
+    def in_frequencies(self, x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """irfft2(M(w) rfft2(x)), in float32 at least and returned in x's dtype: FFTs take no
+        bfloat16, and under autocast the products would come back in it."""
+        with full_precision(x):
+            spectrum = per_frequency(matrices, torch.fft.rfft2(at_least_float32(x)))
+            return torch.fft.irfft2(spectrum, s=self.input_size).to(x.dtype)
 
     def extra_repr(self) -> str:
         hidden, _, k, _ = self.weight.shape

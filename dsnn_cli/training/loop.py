@@ -3,6 +3,10 @@
 Per epoch: train on shuffled, augmented batches; `calibrate()` the norm constraints to
 proven bounds; measure the validation split; save ``last.pt`` (full training state, for
 bit-for-bit resumption) and ``best.pt`` (best validation accuracy).
+
+An optimisation step never waits for the device: losses and counts stay on it, and the loop
+reads them (with the divergence check and, under DDP, the slowest rank's clock) in one go
+every READ_EVERY batches and at the epoch's end, so a GPU runs ahead of the host.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dsnn_cli.config import check, setting
 from dsnn_cli.console import progress_bar
 from dsnn_cli.data.containers import ImageData, Split, VectorData
 from dsnn_cli.data.loading import batches
-from dsnn_cli.devices import memory_format, peak_memory_mb, resident_memory_mb
+from dsnn_cli.devices import autocast, memory_format, peak_memory_mb, resident_memory_mb, training_arithmetic
 from dsnn_cli.distributed import World
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
@@ -68,12 +72,17 @@ class Snapshot:
 
 
 def finite_weights(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    """Whether every weight and buffer is finite (one read of the device)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
-# Training arithmetic: float32, or bfloat16 autocast for the forward pass and the loss (the
-# weights, the optimiser, every norm, bound and certificate stay float32/float64).
+# Training arithmetic: float32, or bfloat16 autocast for the forward pass (the weights, the
+# optimiser, every norm, bound and certificate stay float32/float64; devices.py has the policy).
 PRECISIONS = ("32", "bf16")
+# Batches between two reads of the device (losses for the logger and the progress bar, the
+# divergence check, the slowest rank's clock): one host sync per READ_EVERY batches.
+READ_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class TrainerConfig:
     divergence_lr_factor: float
     precision: str
     compile: bool
+    deterministic: bool = False
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -120,6 +130,8 @@ class TrainerConfig:
             # "32" or bf16; a bare 32 on the command line arrives as an integer
             precision=check("trainer.precision", str(node.get("precision")), str, choices=PRECISIONS),
             compile=setting(node, "compile", bool, "trainer"),
+            # a run resumed from a config written before the key existed: not deterministic
+            deterministic="deterministic" in node and setting(node, "deterministic", bool, "trainer"),
         )
 
     @property
@@ -151,25 +163,29 @@ class Recipe:
 
 @dataclass
 class EpochStats:
-    """Running loss (and accuracy, for classification) over an epoch."""
+    """Running loss (and accuracy, for classification) over an epoch: summed on the device,
+    read by `read` at the epoch's end."""
 
     classification: bool
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
 
-    def add(self, loss: float, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    def __post_init__(self) -> None:
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         n = int(targets.shape[0])
-        self.loss_sum += loss * n
-        if self.classification:
-            self.correct += int((outputs.argmax(1) == targets).sum())
+        correct = (outputs.argmax(1) == targets).sum() if self.classification else loss.new_zeros(())
+        self.sums += torch.stack([loss.detach().double() * n, correct.double()])
         self.seen += n
 
-    def gather(self, world: World) -> None:
-        """Sum the ranks' shares, so that every rank holds the whole epoch's figures."""
-        if world.distributed:
-            loss_sum, correct, seen = world.sum(self.loss_sum, self.correct, self.seen)
-            self.loss_sum, self.correct, self.seen = loss_sum, int(correct), int(seen)
+    def read(self, world: World) -> None:
+        """The whole epoch's figures, summed over the ranks, into loss_sum, correct and seen."""
+        totals = torch.cat([self.sums, self.sums.new_full((1,), float(self.seen))])
+        self.loss_sum, correct, seen = world.sum(totals).tolist()
+        self.correct, self.seen = int(correct), int(seen)
 
     @property
     def loss(self) -> float:
@@ -180,7 +196,46 @@ class EpochStats:
         return self.correct / max(self.seen, 1)
 
     def describe(self) -> str:
-        return f"loss {self.loss:.4g}" + (f" acc {self.acc:.3f}" if self.classification else "")
+        return figures(self.classification, self.loss_sum, self.correct, self.seen)
+
+
+def figures(classification: bool, loss_sum: float, correct: float, seen: int) -> str:
+    """Mean loss (and accuracy) of `seen` examples, for the progress bar."""
+    seen = max(seen, 1)
+    return f"loss {loss_sum / seen:.4g}" + (f" acc {correct / seen:.3f}" if classification else "")
+
+
+@dataclass
+class Reading:
+    """What one read of the device found."""
+
+    diverged: bool  # some rank's loss was not finite since the last read
+    clock: float  # the slowest rank's seconds of training
+    status: str  # the epoch so far, for the progress bar
+
+
+@dataclass
+class DeviceReads:
+    """The step losses the loop has not read yet, and the one read that takes them all."""
+
+    world: World
+    logger: MetricLogger
+    pending: list[tuple[int, str, torch.Tensor]] = field(default_factory=list)
+
+    def record(self, step: int, key: str, loss: torch.Tensor) -> None:
+        self.pending.append((step, key, loss))
+
+    def read(self, spent: float, stats: EpochStats) -> Reading:
+        """One host sync: reduce (MAX over the ranks) the divergence flag and the clock on the
+        device, then read them with the pending losses and the epoch's running sums."""
+        losses = [loss.double() for _, _, loss in self.pending]
+        losses = torch.stack(losses) if losses else stats.sums.new_zeros(0)
+        agreed = torch.stack([(~torch.isfinite(losses)).any().double(), stats.sums.new_full((), spent)])
+        values = torch.cat([self.world.max(agreed), stats.sums, losses]).tolist()
+        for (step, key, _), value in zip(self.pending, values[4:], strict=True):
+            self.logger.step(step, {key: value})
+        self.pending.clear()
+        return Reading(values[0] > 0, values[1], figures(stats.classification, *values[2:4], stats.seen))
 
 
 @dataclass
@@ -277,25 +332,35 @@ def fit(
             run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     augment = isinstance(data, ImageData) and recipe.augment
-    with progress_bar(trainer.progress) as bar:
+    reads = DeviceReads(world, logger)
+    with progress_bar(trainer.progress) as bar, training_arithmetic(device, trainer.deterministic):
         total = budget if budget is not None else (epochs - state["epoch"]) * steps
         progress = bar.add_task("train", total=total, status="")
-        epoch = state["epoch"]
-        while not finished(state, epochs, budget, world):
+        epoch = first = state["epoch"]
+        while not finished(state, epochs, budget, world, device):
             epoch += 1
             started = time.perf_counter()
             snapshot = Snapshot.take(model, optimizer, generator, state)
             diverged = False
             model.train()
-            stats = EpochStats(task.classification)
+            stats = EpochStats(task.classification, device)
+            clock = state["seconds"]  # the slowest rank's, as of the last read
+            spent = clock
             for b, (x, y) in enumerate(
                 batches(
                     train_split, batch_size, shuffle=True, augment=augment, generator=generator, limit=limit
                 )
             ):
                 spent = state["seconds"] + time.perf_counter() - started
-                if budget is not None and world.distributed:
-                    spent = world.max(spent)  # one clock for all ranks: they stop together
+                if b % READ_EVERY == 0:
+                    reading = reads.read(spent, stats)
+                    if reading.diverged:
+                        diverged = True
+                        break
+                    clock = reading.clock
+                    bar.update(progress, status=f"epoch {epoch} {reading.status}")
+                if world.distributed:
+                    spent = clock  # one clock for all ranks: the same schedule, and they stop together
                 if budget is not None and spent >= budget:
                     break
                 # progress in epochs: of the budget's clock, or of the batches
@@ -307,33 +372,29 @@ def fit(
                     x, y = x[share], y[share]
                 adversarial = recipe.adversary is not None and elapsed >= recipe.adversarial_start * epochs
                 x = x.contiguous(memory_format=fmt).requires_grad_(adversarial)
-                clean = optimise(forward, model, task, optimizer, x, y, trainer.precision, world, batch)
-                if clean is None:
-                    diverged = True
-                    break
-                value, outputs = clean
+                precision = trainer.precision
+                loss, outputs = optimise(forward, model, task, optimizer, x, y, precision, world, batch)
                 state["steps"] += 1
-                logger.step(state["steps"], {"loss": value})
+                reads.record(state["steps"], "loss", loss)
                 if adversarial:  # the same batch again, moved along the gradient it left (free AT)
-                    attacked = recipe.adversary(x.detach(), x.grad)
-                    replay = optimise(
-                        forward, model, task, optimizer, attacked, y, trainer.precision, world, batch
-                    )
-                    if replay is None:
-                        diverged = True
-                        break
+                    moved = recipe.adversary(x.detach(), x.grad)
+                    replay, _ = optimise(forward, model, task, optimizer, moved, y, precision, world, batch)
                     state["steps"] += 1
-                    logger.step(state["steps"], {"adversarial_loss": replay[0]})
-                stats.add(value, outputs, y)  # optimise returns them detached
+                    reads.record(state["steps"], "adversarial_loss", replay)
+                stats.add(loss, outputs, y)
                 state["images"] += batch
-                done = spent if budget is not None else (epoch - 1 - state["epoch"]) * steps + b + 1
-                bar.update(progress, completed=done, status=f"epoch {epoch} {stats.describe()}")
+                done = spent if budget is not None else (epoch - 1 - first) * steps + b + 1
+                bar.update(progress, completed=done)
+            if not diverged:  # what the last read did not see
+                diverged = reads.read(spent, stats).diverged
             if diverged or not finite_weights(model):
+                reads.pending.clear()
                 state = retry_after_divergence(snapshot, model, optimizer, generator, trainer, epoch, started)
                 epoch -= 1
                 continue
             model.calibrate()
-            stats.gather(world)
+            stats.read(world)
+            bar.update(progress, status=f"epoch {epoch} {stats.describe()}")
             row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
             row.update(peak_memory_mb=peak_memory_mb(device), rss_mb=resident_memory_mb())
             state["seconds"] += time.perf_counter() - started
@@ -352,13 +413,13 @@ def fit(
 
 def optimise(
     forward, model: nn.Module, task: Task, optimizer, x, y, precision: str, world: World, batch: int
-) -> tuple[float, torch.Tensor] | None:
-    """One optimiser step on (x, y): (loss, logits), or None when the loss is not finite (the
-    step is then skipped, on every rank alike). The input's gradient is left in x.grad when
-    x requires it."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on (x, y); returns the loss and the logits, detached and unread, so the
+    step never waits for the device (a non-finite loss is found by the loop's next read, and the
+    epoch restarts from its snapshot). The input's gradient is left in x.grad when x requires it."""
+    with autocast(x.device, precision):
         outputs = forward(x)
-        loss = task.loss(model, outputs, y)
+        loss = task.loss(model, outputs.float(), y)  # the loss in float32, whatever the activations
     penalty = model.regularization()
     # DDP averages the ranks' gradients: weighting each share's mean by its size makes
     # that average the gradient of the whole batch's mean, shares equal or not
@@ -366,11 +427,8 @@ def optimise(
     total_loss = loss * share_weight if penalty is None else loss * share_weight + penalty
     optimizer.zero_grad(set_to_none=True)
     total_loss.backward()
-    value = loss.item()
-    if not math.isfinite(world.sum(value * y.shape[0])[0]):  # every rank decides alike
-        return None
     optimizer.step()
-    return value, outputs.detach()
+    return loss.detach(), outputs.detach()
 
 
 def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool) -> None:
@@ -422,12 +480,21 @@ def retry_after_divergence(
     return state
 
 
-def finished(state: Mapping[str, Any], epochs: int, budget: float | None, world: World | None = None) -> bool:
+def finished(
+    state: Mapping[str, Any],
+    epochs: int,
+    budget: float | None,
+    world: World | None = None,
+    device: torch.device | None = None,
+) -> bool:
     """Done when the epochs are, or (with a time budget) when the budget is spent (by the
     slowest rank's clock, so that all ranks stop together)."""
     if budget is None:
         return state["epoch"] >= epochs
-    return (world.max(state["seconds"]) if world else state["seconds"]) >= budget
+    if world is None or not world.distributed:
+        return state["seconds"] >= budget
+    clock = torch.full((), state["seconds"], dtype=torch.float64, device=device)
+    return float(world.max(clock)) >= budget
 
 
 def epoch_row(epoch, stats, optimizer, model, val_split, task: Task, trainer, fmt) -> dict[str, Any]:

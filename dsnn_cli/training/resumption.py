@@ -30,6 +30,7 @@ RESUMABLE = (
     "trainer.eval_batch_size",
     "trainer.channels_last",
     "trainer.compile",
+    "trainer.deterministic",
     "certify.eps",
     "data.root",
     "data.download",
