@@ -19,7 +19,7 @@ from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
 from dsnn_cli.devices import exact_float32, memory_format, peak_memory_mb, resolve_device
-from dsnn_cli.distributed import current_world, join, leave
+from dsnn_cli.distributed import current_world, join, leave, main_first
 from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
@@ -118,7 +118,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(settings.recipe.seed)
-    data = load_data(settings.data)
+    with main_first(world):  # rank 0 downloads into the shared folder, then the others read it
+        data = load_data(settings.data)
     task = make_task(settings.recipe.loss, data, settings.data["name"])
     model = build_model(settings.model, data.info())
     if init_from:

@@ -378,7 +378,8 @@ def sanity_check(model: nn.Module, images: torch.Tensor) -> None:
             "model needs an EOT attack, and robust accuracy may be overstated",
             stacklevel=3,
         )
-    if bool(((first >= 0) & (first <= 1)).all()) and torch.allclose(first.sum(1), torch.ones(len(first))):
+    sums = first.sum(1)
+    if bool(((first >= 0) & (first <= 1)).all()) and torch.allclose(sums, torch.ones_like(sums)):
         warnings.warn("the model seems to output probabilities; attacks expect logits", stacklevel=3)
 
 
