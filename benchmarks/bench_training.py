@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from dsnn_cli.config import to_plain
+from dsnn_cli.devices import autocast, training_arithmetic
 from dsnn_cli.models.networks import build_model
 
 INFO = {
@@ -53,7 +54,17 @@ def model_config(overrides: list[str], widths: list[int]) -> dict:
     return to_plain(cfg.model)
 
 
-def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool, device: str = "cpu") -> float:
+def images_per_second(
+    cfg: dict, batch: int, repeats: int, channels_last: bool, device: str = "cpu", precision: str = "32"
+) -> float:
+    """Median images/s of training steps, under the training precision policy (devices.py)."""
+    with training_arithmetic(torch.device(device), deterministic=False):
+        return timed_steps(cfg, batch, repeats, channels_last, torch.device(device), precision)
+
+
+def timed_steps(
+    cfg: dict, batch: int, repeats: int, channels_last: bool, device: torch.device, precision: str
+) -> float:
     torch.manual_seed(0)
     model = build_model(cfg, INFO).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -65,7 +76,8 @@ def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool, 
     for i in range(repeats + 2):
         synchronize(device)
         start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         penalty = model.regularization()
         (loss if penalty is None else loss + penalty).backward()
         optimizer.step()
@@ -76,9 +88,9 @@ def images_per_second(cfg: dict, batch: int, repeats: int, channels_last: bool, 
     return batch / statistics.median(times)
 
 
-def synchronize(device: str) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a step's time is its own."""
-    if str(device).startswith("cuda"):
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -89,16 +101,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh)")
+    parser.add_argument("--precision", default="32", choices=("32", "bf16"), help="trainer.precision")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{threads} CPU threads"
-    print(f"torch {torch.__version__}, {where}, widths {args.widths}, batch {args.batch}")
+    print(f"torch {torch.__version__}, {where}, widths {args.widths}, batch {args.batch}, {args.precision}")
     baseline = None
     print(f"{'family':<24} {'params':>8} {'img/s':>8} {'vs resnet':>10}")
     for label, overrides in FAMILIES.items():
         cfg = model_config(overrides, args.widths)
         params = sum(p.numel() for p in build_model(cfg, INFO).parameters())
-        rate = images_per_second(cfg, args.batch, args.repeats, not args.contiguous, args.device)
+        channels_last = not args.contiguous
+        rate = images_per_second(cfg, args.batch, args.repeats, channels_last, args.device, args.precision)
         baseline = baseline or rate
         print(f"{label:<24} {params:8d} {rate:8.0f} {rate / baseline:10.2f}")
 
