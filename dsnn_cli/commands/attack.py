@@ -20,24 +20,20 @@ import torch
 from omegaconf import DictConfig
 
 from dsnn_cli.commands import guarded
-from dsnn_cli.commands.common import checkpoint_to_evaluate, evaluation_points, mean, print_eps_table
+from dsnn_cli.commands.common import (
+    certificate_caption,
+    checkpoint_to_evaluate,
+    evaluation_points,
+    mean,
+    print_eps_table,
+)
 from dsnn_cli.config import to_plain
 from dsnn_cli.console import progress_bar
 from dsnn_cli.devices import exact_float32, peak_memory_mb, resolve_device
 from dsnn_cli.errors import DsnnError
 from dsnn_cli.models.networks import certificate_note
 from dsnn_cli.robustness.attacks import attack_settings, build_attack
-from dsnn_cli.robustness.certificates import (
-    ROUNDING_SLACK,
-    certified_mask,
-    check_radii,
-    float64_copy,
-    float64_logits,
-    format_eps,
-    lipschitz_bound,
-    pairwise_certificate,
-    parse_eps,
-)
+from dsnn_cli.robustness.certificates import certify, check_radii, format_eps, parse_eps
 from dsnn_cli.rundir import atomic_write_json, read_json
 from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -68,20 +64,15 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         run_dir, data_info, attack_cfg["n_examples"], cfg["data_root"]
     )
     images, labels = images.to(device), labels.to(device)
-    bound = lipschitz_bound(model)
-    reference = radii = None
-    certificate = pairwise_certificate(model)
-    if certificate is not None:  # certify from float64 logits: rounding cannot fake a certificate
-        reference = float64_copy(model)
-        logits = float64_logits(reference, images.split(250), device)
-        radii = certificate.radii(logits, labels.cpu()).to(device)
+    certification = certify(model, images, labels, device=device)  # the float32 model as it runs
+    facts = certification.summary() if certification is not None else {"lipschitz_bound": None}
     log.info(
         "attack=%s on %d test images of %s, eps %s, Lipschitz bound %s",
         attack_cfg["name"],
         len(labels),
         run_dir,
         eps_list,
-        bound,
+        facts["lipschitz_bound"],
     )
     results = []
     examples: dict[str, dict[str, torch.Tensor]] = {}
@@ -89,18 +80,16 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         task = bar.add_task(f"attack {attack_cfg['name']}", total=len(eps_list), status="")
         for eps in eps_list:
             outcome = attack(model, images, labels, eps)
-            certified = None if radii is None else certified_mask(radii, eps)
-            float32_breaks = None
-            if certified is not None:
-                certified = certified & outcome.correct
-                float32_breaks = check_certificates(reference, outcome, certified, labels, eps)
+            certified = None
+            if certification is not None:
+                certified = certification.certified(eps).to(device) & outcome.correct
+                check_certificates(outcome, certified, eps)
             results.append(
                 {
                     "eps": eps,
                     "clean": mean(outcome.correct),
                     "robust": mean(outcome.robust),
                     "certified": None if certified is None else mean(certified),
-                    "float32_breaks": float32_breaks,
                     "stages": [{"attack": name, "robust": value} for name, value in outcome.stages],
                     "robust_mask": "".join("1" if r else "0" for r in outcome.robust.tolist()),
                 }
@@ -113,7 +102,7 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "n": int(len(labels)),
         "n_examples": attack_cfg["n_examples"],
         "indices": indices.tolist(),  # test-split indices of the points, in robust_mask order
-        "lipschitz_bound": bound,
+        **facts,
         "certificate_note": certificate_note(model.certificate()),
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "weights_sha256": payload.get("weights_sha256"),
@@ -170,32 +159,15 @@ def save_examples(run_dir: Path, name: str, examples: dict, classes: list[str] |
     atomic_write_bytes(examples_path(run_dir, name), buffer.getvalue())
 
 
-def check_certificates(reference, outcome, certified: torch.Tensor, labels: torch.Tensor, eps: float) -> int:
-    """No certified point may be broken: re-check apparent breaks in float64; returns how many
-    breaks were float32 rounding alone (recorded as `float32_breaks` and shown in the table).
-
-    A break that the float64 model does not confirm is float32 rounding at the decision
-    boundary: the point counts as robust, since the certificate is stated for exact arithmetic.
-    A confirmed break means the bound is wrong, which is an error, never a warning.
-    """
-    suspects = (certified & ~outcome.robust).nonzero().squeeze(1)
-    if suspects.numel() == 0:
-        return 0
-    with torch.no_grad():
-        adversarial = outcome.adversarial[suspects].double()
-        confirmed = reference(adversarial).argmax(1) != labels[suspects]
-    if bool(confirmed.any()):
+def check_certificates(outcome, certified: torch.Tensor, eps: float) -> None:
+    """No certified point may be broken: the certificate is stated for the float32 model the
+    attack ran, so any break means the bound or the logit slack is wrong, which is an error."""
+    broken = certified & ~outcome.robust
+    if bool(broken.any()):
         raise DsnnError(
-            f"{int(confirmed.sum())} certified points were broken at eps={eps} (confirmed in float64): "
-            "the Lipschitz bound does not hold for this model (please report this as a bug)"
+            f"{int(broken.sum())} certified points were broken at eps={eps}: the certificate does not "
+            "hold for this model (please report this as a bug)"
         )
-    outcome.robust[suspects] = True
-    log.warning(
-        "%d apparent breaks of certified points at eps=%g were float32 rounding (float64 holds)",
-        suspects.numel(),
-        eps,
-    )
-    return int(suspects.numel())
 
 
 def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -215,21 +187,8 @@ def merge_with_previous(path: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_attack_table(run_dir: Path, record: dict[str, Any]) -> None:
-    bound = record["lipschitz_bound"]
-    if bound is None:
-        note = record.get("certificate_note") or "uncertified model"
-        caption = f"no Lipschitz certificate ({note}): certified n/a"
-    else:
-        caption = (
-            f"Lipschitz bound L = {bound:.6g}; certified: z_y - z_j > eps L (1 + {ROUNDING_SLACK:g}) "
-            "||w_y - w_j|| for every j (float64 margins)"
-        )
-        breaks = {r["eps"]: r["float32_breaks"] for r in record["results"] if r.get("float32_breaks")}
-        if breaks:
-            where = ", ".join(f"{n} at eps={eps:g}" for eps, n in breaks.items())
-            caption += f"; float32 broke certified points that float64 keeps (rounding): {where}"
     title = f"dsnn attack {record['attack']}: {run_dir} (n={record['n']})"
-    print_eps_table(title, record, ("clean", "robust", "certified"), caption)
+    print_eps_table(title, record, ("clean", "robust", "certified"), certificate_caption(record))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="attack")

@@ -72,6 +72,23 @@ def evaluation_points(
     return split.inputs.float().div(255.0), split.targets, idx
 
 
+def validation_points(
+    run_dir: Path, n: int | None = None, data_root: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's validation images in [0, 1] (the `data.val_size` points its training held out),
+    a class-stratified subset of n of them: what recipes and defaults are chosen on, so that
+    the test set is read only for final tables."""
+    data_cfg = dict(to_plain(OmegaConf.load(run_dir / CONFIG).data))
+    if data_root:
+        data_cfg["root"] = str(data_root)
+    data = load_data(data_cfg, with_train=True)
+    if data.val is None:
+        raise UsageError(f"run={run_dir} was trained with data.val_size=0: it has no validation split")
+    idx = stratified_subset(data.val.targets, None if n is None else int(n), int(data_cfg["subset_seed"]))
+    split = data.val.subset(idx)
+    return split.inputs.float().div(255.0), split.targets
+
+
 def mean(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else 0.0
 
@@ -80,3 +97,21 @@ def print_eps_table(title: str, record: dict[str, Any], columns: tuple[str, ...]
     """An attack or certify record: one row per eps with the accuracies in `columns`."""
     rows = [[eps_label(r["eps"]), *(percent(r[column]) for column in columns)] for r in record["results"]]
     print_table(title, ["eps", *columns], rows, caption=caption)
+
+
+def certificate_caption(record: Mapping[str, Any]) -> str:
+    """The rule a record's certified column follows, with its L and logit slack."""
+    bound = record.get("lipschitz_bound")
+    if bound is None:
+        note = record.get("certificate_note") or "uncertified model"
+        return f"no Lipschitz certificate ({note}): certified n/a"
+    caption = (
+        f"Lipschitz bound L = {bound:.6g} (float64 copy); certified: "
+        "z_y - z_j - 2 delta > eps L ||w_y - w_j||"
+    )
+    if record.get("logit_error") is not None:
+        caption += (
+            f" for every j, delta = {record['logit_error']:.2g} >= 10x the measured float32 logit error "
+            f"{record['measured_logit_error']:.2g}"
+        )
+    return caption

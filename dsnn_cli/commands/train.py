@@ -24,14 +24,7 @@ from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import build_model, check_model_config
 from dsnn_cli.robustness.attacks import fast_gradient
-from dsnn_cli.robustness.certificates import (
-    certified_accuracy,
-    float64_copy,
-    float64_logits,
-    lipschitz_bound,
-    pairwise_certificate,
-    parse_eps,
-)
+from dsnn_cli.robustness.certificates import certify, lipschitz_bound, parse_eps
 from dsnn_cli.robustness.structure import flow_map_metrics
 from dsnn_cli.rundir import CONFIG, RunDir
 from dsnn_cli.training.checkpoint import BEST, FINAL, LAST, find_checkpoint, load_checkpoint, save_checkpoint
@@ -245,24 +238,27 @@ def test_metrics(model, data, trainer: TrainerConfig, certify_eps, device) -> di
     """The one use of the test set: accuracy and certificates, or MSE and structure metrics."""
     fmt = memory_format(trainer.channels_last and isinstance(data, ImageData))
     batch = trainer.eval_batch_size
-    outputs = predict(model, (x for x, _ in batches(data.test, batch)), device=device, memory_format=fmt)
     targets = data.test.targets
-    bound = lipschitz_bound(model)
     if isinstance(data, VectorData):
+        outputs = predict(model, (x for x, _ in batches(data.test, batch)), device=device)
         return {
             "test_acc": None,
             "test_mse": float(((outputs - targets) ** 2).mean()),
-            "lipschitz_bound": bound,
+            "lipschitz_bound": lipschitz_bound(model),
             "certified": None,
             **flow_map_metrics(model, data.info(), data.test),
         }
-    correct = outputs.argmax(1) == targets
-    certified = None
-    certificate = pairwise_certificate(model)
-    if certificate is not None:  # logits of a float64 copy: rounding cannot fake a certificate
-        logits = float64_logits(float64_copy(model), (x for x, _ in batches(data.test, batch)), device)
-        certified = certified_accuracy(certificate.radii(logits, targets), certify_eps, correct)
-    return {"test_acc": float(correct.float().mean()), "lipschitz_bound": bound, "certified": certified}
+    images = torch.cat([x for x, _ in batches(data.test, batch)])
+    certification = certify(model, images, targets, device=device, batch_size=batch, memory_format=fmt)
+    if certification is None:
+        outputs = predict(model, images.split(batch), device=device, memory_format=fmt)
+        correct = outputs.argmax(1) == targets.cpu()
+        return {"test_acc": float(correct.float().mean()), "lipschitz_bound": None, "certified": None}
+    return {
+        "test_acc": float(certification.correct.float().mean()),
+        **certification.summary(),
+        "certified": certification.accuracy(certify_eps),
+    }
 
 
 def choose_checkpoint(run: RunDir, select: str) -> Path:
