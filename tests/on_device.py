@@ -5,7 +5,8 @@ under `OnDevice`, a TorchFunctionMode that
   the bug a GPU run would hit at once and a CPU run never shows;
 * counts the calls that make a CUDA host wait for the device (reading a value, copying to the
   host or from pageable memory, data-dependent shapes, a linear solve's error check);
-* answers what a meta tensor cannot (its values) with stand-ins, so code that reads them goes on.
+* answers what a meta tensor cannot (its values) with stand-ins, so code that reads them goes on:
+  `answer` for truth values and comparisons, 0 for numbers and lists, ones for copies to the host.
 
 `steps` records the optimiser steps among the syncs, so a test can count the syncs between two.
 """
@@ -138,7 +139,7 @@ class OnDevice(TorchFunctionMode):
             return func(*args, **kwargs)
         if source.device.type != "cpu" and target.type == "cpu":
             self.events.append(f"{name} to the host")
-            return torch.zeros(source.shape, dtype=dtype or source.dtype)
+            return torch.ones(source.shape, dtype=dtype or source.dtype)  # ones: no division by zero
         if source.device.type == "cpu" and not non_blocking:
             self.events.append(f"{name} blocking copy to the device")
         return func(*args, **kwargs)

@@ -161,6 +161,19 @@ def test_an_attack_runs_on_the_device_without_mixing_devices(trained_lipschitz_r
     assert result.robust.device == META and result.adversarial.shape == images.shape
 
 
+def test_certification_runs_on_the_device(trained_lipschitz_run):
+    """The float32 model and its float64 copy over the points on `meta` (the copy's proof on the
+    host): no call mixes devices."""
+    import dsnn_cli
+    from dsnn_cli.robustness.certificates import certify
+
+    model = dsnn_cli.load_model(trained_lipschitz_run).to(META)
+    images, labels = torch.rand(6, 3, 16, 16).to(META), (torch.arange(6) % 10).to(META)
+    with OnDevice(answer=False):
+        result = certify(model, images, labels, device=META, batch_size=4)
+    assert result.radii.shape == (6,) and result.logits.shape == (6, 10)
+
+
 def test_training_arithmetic_on_gpus_and_exact_float32_for_certificates():
     """TF32 and cuDNN autotuning while training on CUDA, neither inside `exact_float32`, and
     deterministic kernels when asked; the settings come back afterwards."""

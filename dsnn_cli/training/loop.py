@@ -232,10 +232,12 @@ class DeviceReads:
         losses = torch.stack(losses) if losses else stats.sums.new_zeros(0)
         agreed = torch.stack([(~torch.isfinite(losses)).any().double(), stats.sums.new_full((), spent)])
         values = torch.cat([self.world.max(agreed), stats.sums, losses]).tolist()
-        for (step, key, _), value in zip(self.pending, values[4:], strict=True):
-            self.logger.step(step, {key: value})
+        diverged = values[0] > 0
+        if not diverged:  # a diverged epoch restarts, and its steps are logged again
+            for (step, key, _), value in zip(self.pending, values[4:], strict=True):
+                self.logger.step(step, {key: value})
         self.pending.clear()
-        return Reading(values[0] > 0, values[1], figures(stats.classification, *values[2:4], stats.seen))
+        return Reading(diverged, values[1], figures(stats.classification, *values[2:4], stats.seen))
 
 
 @dataclass
@@ -388,7 +390,6 @@ def fit(
             if not diverged:  # what the last read did not see
                 diverged = reads.read(spent, stats).diverged
             if diverged or not finite_weights(model):
-                reads.pending.clear()
                 state = retry_after_divergence(snapshot, model, optimizer, generator, trainer, epoch, started)
                 epoch -= 1
                 continue
