@@ -107,7 +107,7 @@ class OnDevice(TorchFunctionMode):
             self.events.append(name)
             source = args[0]
             return torch.ones(source.shape, dtype=torch.bool).nonzero().to(source.device)
-        if name in INDEXING and any(t.dtype == torch.bool and t is not args[0] for t in tensors[1:]):
+        if name in INDEXING and any(t.dtype == torch.bool for t in tensors_in(args[1], None)):
             self.events.append(f"{name} with a boolean mask")  # a data-dependent shape
             return self.masked(name, args)
         if name in CHECKED:

@@ -161,6 +161,21 @@ def test_an_attack_runs_on_the_device_without_mixing_devices(trained_lipschitz_r
     assert result.robust.device == META and result.adversarial.shape == images.shape
 
 
+def test_pgd_on_a_device_reads_it_once_per_ten_steps(trained_lipschitz_run):
+    """Which points are broken (the batch shrinks) is read every PGD_READ_EVERY steps on a GPU,
+    not at every step: 30 steps, three reads, one for the count of zero gradients."""
+    import dsnn_cli
+    from dsnn_cli.robustness.attacks import PGD_READ_EVERY, ce_loss, pgd_run
+
+    model = dsnn_cli.load_model(trained_lipschitz_run).to(META)
+    images, labels = torch.rand(6, 3, 16, 16).to(META), (torch.arange(6) % 10).to(META)
+    generator = torch.Generator().manual_seed(0)
+    with OnDevice(answer=False) as device:
+        found, best, _ = pgd_run(model, images, labels, 0.3, ce_loss, 30, lambda t: 0.05, generator, True)
+    assert found.device == best.device == META and PGD_READ_EVERY == 10
+    assert len(device.syncs) == 3 + 1, device.syncs
+
+
 def test_certification_runs_on_the_device(trained_lipschitz_run):
     """The float32 model and its float64 copy over the points on `meta` (the copy's proof on the
     host): no call mixes devices."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsnn_cli.config import setting
+from dsnn_cli.devices import to_device
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.registry import Registry
@@ -79,9 +80,9 @@ def fast_gradient(x: torch.Tensor, grad: torch.Tensor, eps: float) -> torch.Tens
 
 def random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
     """A random direction at a uniformly random radius in [0, eps], clipped to the box."""
-    direction = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    direction = to_device(torch.randn(x.shape, generator=generator), x.device).to(x.dtype)
     direction = direction / per_sample(l2_norms(direction).clamp_min(1e-12), direction)
-    radius = eps * torch.rand(x.shape[0], generator=generator).to(x.device, x.dtype)
+    radius = eps * to_device(torch.rand(x.shape[0], generator=generator), x.device).to(x.dtype)
     return project(x, direction * per_sample(radius, direction), eps)
 
 
@@ -111,6 +112,11 @@ def step_size_schedule(name: str, initial: float, steps: int) -> Callable[[int],
     raise UsageError(f"attack.schedule={name} is unknown (valid: constant, cosine)")
 
 
+# PGD steps between two reads of which points are broken, on a GPU (on a CPU, where a read
+# costs nothing, every step): broken points stay in the batch, frozen, until the next read.
+PGD_READ_EVERY = 10
+
+
 def pgd_run(
     model: nn.Module,
     x: torch.Tensor,
@@ -124,32 +130,42 @@ def pgd_run(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One PGD run; returns (found, adversarial inputs, points with zero gradient).
 
-    Points leave the batch as soon as they are misclassified, so the cost falls with the
-    robust accuracy.
+    Broken points leave the batch at every read of the device (every step on a CPU, every
+    PGD_READ_EVERY steps elsewhere: a read waits for the device), so the cost falls with the
+    robust accuracy; between reads they stay, frozen at the point that broke them.
     """
+    read_every = 1 if x.device.type == "cpu" else PGD_READ_EVERY
     delta = random_start(x, eps, generator) if random_init else torch.zeros_like(x)
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best = x.clone()
     active = torch.arange(x.shape[0], device=x.device)
-    zero_grads = 0
+    zero_grads = torch.zeros((), dtype=torch.long, device=x.device)
     for t in range(steps + 1):
         xa, ya = x[active], y[active]
         da = delta[active].requires_grad_(True)
         logits = model(xa + da)
-        wrong = logits.argmax(1) != ya
-        best[active[wrong]] = (xa + da)[wrong].detach()
-        found[active[wrong]] = True
-        if t == steps or bool(wrong.all()):
+        before = found[active]
+        wrong = (logits.argmax(1) != ya) & ~before  # broken at this step
+        best[active] = torch.where(per_sample(wrong, xa), (xa + da).detach(), best[active])
+        broken = before | wrong
+        found[active] = broken
+        if t == steps:
             break
+        kept = None
+        if t % read_every == 0:
+            kept = active[~broken]  # the one read of this step
+            if kept.numel() == 0:
+                break
         (grad,) = torch.autograd.grad(loss_fn(logits, ya).sum(), da)
         norms = l2_norms(grad)
         if t == 0:
-            zero_grads = int((norms == 0).sum())
+            zero_grads = (norms == 0).sum()
         step = grad / per_sample(norms.clamp_min(1e-12), grad)
-        keep = ~wrong
-        delta[active[keep]] = project(xa[keep], da.detach()[keep] + alpha(t) * step[keep], eps)
-        active = active[keep]
-    return found, best, zero_grads
+        moved = project(xa, da.detach() + alpha(t) * step, eps)
+        delta[active] = torch.where(per_sample(broken, moved), da.detach(), moved)
+        if kept is not None:
+            active = kept
+    return found, best, int(zero_grads)
 
 
 @ATTACKS.register("pgd")
