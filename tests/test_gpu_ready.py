@@ -307,6 +307,14 @@ def test_the_slurm_presets_request_gpus(tmp_path, monkeypatch):
         assert f"#SBATCH --ntasks-per-node={gpus}" in script, script
 
 
+def test_a_slurm_job_without_a_gpu_says_so_before_training_on_the_cpu(monkeypatch, caplog):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert "SLURM job 4242 sees no GPU" in caplog.text and "hydra/launcher=slurm" in caplog.text
+
+
 def test_a_sweep_on_several_gpus_spreads_its_jobs_over_them(tmp_path, monkeypatch):
     """Parallel jobs (joblib) on a 2-GPU machine: job k trains and is attacked on cuda:(k mod 2)."""
     import dsnn_cli.commands.attack as attack
