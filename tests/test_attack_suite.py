@@ -87,18 +87,18 @@ def reference_autoattack_robust(model, x, y, eps: float) -> torch.Tensor:
         return model(adversarial).argmax(1) == y
 
 
-@pytest.mark.parametrize("eps", [0.03, 0.06])  # robust accuracy 22% and 17.5% of 33.5% clean
-def test_pgd_and_apgd_verdicts_agree_with_the_reference_autoattack(trained_lipschitz_run, eps):
-    """Within one point of robust accuracy on 200 test points of a trained certified model."""
+def test_pgd_and_apgd_verdicts_agree_with_the_reference_autoattack(trained_lipschitz_run):
+    """Within one point of robust accuracy on 200 test points of a trained certified model, at
+    an eps where attacks matter (robust 17.5% of 33.5% clean)."""
     from dsnn_cli.commands.common import evaluation_points
 
+    eps = 0.06
     model = dsnn_cli.load_model(trained_lipschitz_run).eval()
     x, y, _ = evaluation_points(trained_lipschitz_run, model.config["data_info"], 200)
     reference = reference_autoattack_robust(model, x, y, eps)
     clean = float((model(x).argmax(1) == y).float().mean())
-    assert 0.05 < float(reference.float().mean()) < clean - 0.05  # a point where attacks matter
-    for name in ("pgd", "apgd"):
-        ours = ATTACKS[name](model, x, y, eps).robust
-        assert abs(float(ours.float().mean()) - float(reference.float().mean())) <= 0.01, name
-    same = ATTACKS["apgd"](model, x, y, eps).robust
-    assert torch.equal(same, reference)  # the same components and seed break the same points
+    assert 0.05 < float(reference.float().mean()) < clean - 0.05
+    ours = {name: ATTACKS[name](model, x, y, eps).robust for name in ("pgd", "apgd")}
+    for name, robust in ours.items():
+        assert abs(float(robust.float().mean()) - float(reference.float().mean())) <= 0.01, name
+    assert torch.equal(ours["apgd"], reference)  # the same components and seed break the same points
