@@ -42,10 +42,11 @@ def print_table(
     left: set[str] | frozenset[str] = frozenset(),
     show_header: bool = True,
 ) -> None:
-    """The one table printer of every command: cells are strings already, numbers right-aligned."""
+    """The one table printer of every command: cells are strings already, numbers right-aligned.
+    The caption is printed under the table at full width (a narrow table would fold it)."""
     from rich.table import Table
 
-    table = Table(title=title, caption=caption, show_header=show_header)
+    table = Table(title=title, show_header=show_header)
     for column in header:
         table.add_column(column, justify="left" if column in left else "right", overflow="fold")
     for row in rows:
@@ -54,6 +55,8 @@ def print_table(
     if not out.is_terminal:
         out.width = max(out.width, 200)
     out.print(table)
+    if caption:
+        out.print(caption, style="italic", highlight=False)
 
 
 def percent(value: float | None) -> str:
