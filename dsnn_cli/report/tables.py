@@ -106,8 +106,9 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], sections: list[s
     lines = markdown_lines(columns, rows)
     note = (
         "\nAccuracies in %. robust[attack]@eps: empirical robust accuracy; "
-        "certified@eps: z_y - z_j > eps L ||w_y - w_j|| for every j "
-        "(L: the features' bound, w: the head's rows).\n" + AUC_NOTE + "\n"
+        "certified@eps: z_y - z_j - 2 delta > eps L ||w_y - w_j|| for every j, the float32 model "
+        "predicting y (L: the features' bound, w: the head's rows, z: logits of the float64 copy, "
+        "delta: the stated float32 logit error).\n" + AUC_NOTE + "\n"
     )
     return "\n".join(lines) + "\n" + note + "".join(sections)
 
