@@ -157,6 +157,11 @@ def test_no_certified_point_of_a_trained_model_is_broken_at_0_999_of_its_radius(
     # the slack covers the float32 deviation where the attack went, with room to spare
     deviation = float((logits32.double() - logits64).abs().max())
     assert deviation <= certification.logit_error / 2
+    # along each attack's own direction the float32 boundary lies beyond the certified radius
+    steps = adversarial - x[certified]
+    for k in range(0, certified.numel(), 4):
+        i, direction = int(certified[k]), steps[k] / steps[k].norm()
+        assert boundary_distance(model, x[i], int(labels[i]), direction) >= float(certification.radii[i])
 
 
 def test_the_slack_is_ten_times_the_measured_deviation_and_certified_needs_the_float32_label(
@@ -186,18 +191,11 @@ def test_the_bound_is_the_float64_copys():
     """L from the float64 copy: the Cayley factors are orthogonal to ~1e-15 there (~1e-6 in float32)."""
     torch.manual_seed(0)
     from helpers import model_config
+    from test_config import INFO
 
     from dsnn_cli.models.networks import build_model
 
-    info = {
-        "kind": "image",
-        "in_channels": 3,
-        "image_size": 16,
-        "num_classes": 10,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-    }
-    model = build_model(model_config("lipschitz", widths=[8, 8, 8]), info).eval()
+    model = build_model(model_config("lipschitz", widths=[8, 8, 8]), INFO).eval()
     bound = lipschitz_bound(model)
     assert bound == lipschitz_bound(float64_copy(model))
     assert 0 < bound <= 1 + 1e-8
