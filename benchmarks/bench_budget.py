@@ -14,7 +14,9 @@ the candidate's speed. Candidates are scored on the validation split (the `data.
 parameters, training images/s, epochs reached, and on the validation images clean accuracy,
 certified accuracy at 36/255 and 0.3 (the float32 model's certificate) and, with --pgd N, the
 PGD-robust accuracy at 0.3 (`dsnn attack`'s default attack) on N of them. --test adds the same
-figures on the test set (all 10,000 images) for a final table, once a recipe has been chosen.
+figures on the test set (all 10,000 images) for a final table, once a recipe has been chosen;
+each run still tests itself at its end, as `dsnn train` always does, and without --test the
+bench reads none of those figures.
 Results also go to outputs/bench/<time>/budget.json, and each candidate's run directory sits
 beside it.
 """
@@ -156,7 +158,6 @@ def main() -> None:
     args = parser.parse_args()
     decode_once_per_process()
     data = ["data=imagefolder", f"data.root={args.root}"] if args.root else []
-    data += [] if args.test else ["data.limit_test=100"]  # the run's own test pass, unread here
     budget = [f"trainer.max_minutes={args.minutes}", "certify.eps=[36/255,0.3]"]
     candidates = {
         "side": CANDIDATES,
