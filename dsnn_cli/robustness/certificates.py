@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from dsnn_cli.devices import exact_float32
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.models.networks import image_size
@@ -158,6 +159,7 @@ def logit_error_bound(measured: float, reference_logits: torch.Tensor) -> float:
     return max(LOGIT_ERROR_SAFETY * measured, LOGIT_ERROR_FLOOR * scale)
 
 
+@exact_float32()  # the float32 model runs as deployed: TF32 would move its logits by ~1e-5
 def certify(
     model: nn.Module,
     images: torch.Tensor,
@@ -169,8 +171,6 @@ def certify(
 ) -> Certification | None:
     """Certify `images` for the float32 `model` (in eval mode) on `device`, or None for a model
     without a certificate. Runs the float32 model and a float64 copy once over the points.
-
-    Call it with TF32 off (`devices.exact_float32`): the float32 model must run as deployed.
     """
     reference = float64_copy(model)
     rule = pairwise_certificate(reference)
