@@ -37,6 +37,17 @@ def checkpoint_to_evaluate(run_dir: Path) -> Path:
     return checkpoint
 
 
+def run_data_config(run_dir: Path, data_root: str | None = None) -> dict[str, Any]:
+    """The data group a run trained with (read from `data_root` instead of its root, if given)."""
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise UsageError(f"run={run_dir} has no {CONFIG}; it was not written by dsnn train")
+    data_cfg = dict(to_plain(OmegaConf.load(config_path).data))
+    if data_root:
+        data_cfg["root"] = str(data_root)
+    return data_cfg
+
+
 def evaluation_points(
     run_dir: Path,
     data_info: Mapping[str, Any],
@@ -50,16 +61,11 @@ def evaluation_points(
     Returns images in [0, 1], labels, and the points' indices in the run's test split (the
     subsets are nested in n, so attacks with different n_examples share their first points).
     """
-    config_path = run_dir / CONFIG
-    if not config_path.is_file():
-        raise UsageError(f"run={run_dir} has no {CONFIG}; it was not written by dsnn train")
-    data_cfg = dict(to_plain(OmegaConf.load(config_path).data))
+    data_cfg = run_data_config(run_dir, data_root)
     if data_info.get("kind", "image") != "image":
         raise UsageError(
             f"run={run_dir} was trained on data={data_cfg['name']}, not on images: nothing to attack"
         )
-    if data_root:
-        data_cfg["root"] = str(data_root)
     if full_test_set:
         data_cfg["limit_test"] = None
     data = load_data(data_cfg, with_train=False)
@@ -78,9 +84,7 @@ def validation_points(
     """The run's validation images in [0, 1] (the `data.val_size` points its training held out),
     a class-stratified subset of n of them: what recipes and defaults are chosen on, so that
     the test set is read only for final tables."""
-    data_cfg = dict(to_plain(OmegaConf.load(run_dir / CONFIG).data))
-    if data_root:
-        data_cfg["root"] = str(data_root)
+    data_cfg = run_data_config(run_dir, data_root)
     data = load_data(data_cfg, with_train=True)
     if data.val is None:
         raise UsageError(f"run={run_dir} was trained with data.val_size=0: it has no validation split")
