@@ -352,7 +352,9 @@ def test_every_family_is_registered_with_its_facts():
         "volume",
         "mass",
         "splitting",
+        "convnet",
     }
+    assert FAMILIES["convnet"].network == "layers" and FAMILIES["convnet"].spaces == ("image",)
     assert FAMILIES["mass"].spaces == ("vector",) and FAMILIES["splitting"].spaces == ("vector",)
     assert set(FAMILIES["volume"].integrators) == {"strang", "lie_trotter"}
 

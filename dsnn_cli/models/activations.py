@@ -1,8 +1,15 @@
 """Activations by name, each declaring the slope bounds [m, M] its certificates use.
 
-Every activation here is monotone with derivative in [m, M] (M <= 1), so for any x, y the
-divided difference (s(x) - s(y)) / (x - y) lies in [m, M]: that is the only property the
-Lipschitz factors in `dsnn_cli.steps` rely on.
+Every elementwise activation here is monotone with derivative in [m, M] (M <= 1), so for
+any x, y the divided difference (s(x) - s(y)) / (x - y) lies in [m, M]: the Jacobian of a
+step is I + tau D ... with D diagonal, the property the gradient steps' factors rely on.
+
+``maxmin`` (GroupSort-2, the field's default for 1-Lipschitz layers) sorts each pair of
+channels: it is 1-Lipschitz (a permutation of each pair) and keeps the norm, but it is not
+elementwise, and its Jacobian (a swap matrix on some pairs) has eigenvalue -1: a gradient
+step x - tau A^T s(Ax + b) with it is no gradient of a convex potential, so the families
+whose proof needs that refuse it; layer networks (model=convnet) and expansive-only uses
+need its Lipschitz constant 1 alone.
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ from dsnn_cli.registry import Registry
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation module with its slope interval [slope_min, slope_max]."""
+    """An activation module with its slope interval [slope_min, slope_max] (elementwise ones),
+    or only its Lipschitz constant slope_max (elementwise=False)."""
 
     module: nn.Module
     slope_min: float
     slope_max: float
+    elementwise: bool = True
+
+    @property
+    def lipschitz(self) -> float:
+        """Its l2 Lipschitz constant (slopes lie in [0, M])."""
+        return self.slope_max
 
 
 ACTIVATIONS: Registry = Registry("activation", key="model.activation")
@@ -73,6 +87,24 @@ def sigmoid() -> Activation:
 @ACTIVATIONS.register("softplus")
 def softplus() -> Activation:
     return Activation(nn.Softplus(), 0.0, 1.0)
+
+
+class MaxMin(nn.Module):
+    """(max(a, b), min(a, b)) for each pair of channels (dim 1); an odd last channel is kept."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = x.shape[1] // 2
+        if pairs == 0:
+            return x
+        a, b = x[:, 0 : 2 * pairs : 2], x[:, 1 : 2 * pairs : 2]
+        sorted_pairs = torch.stack((torch.maximum(a, b), torch.minimum(a, b)), dim=2)
+        out = sorted_pairs.flatten(1, 2)
+        return out if x.shape[1] % 2 == 0 else torch.cat((out, x[:, -1:]), dim=1)
+
+
+@ACTIVATIONS.register("maxmin")
+def maxmin() -> Activation:
+    return Activation(MaxMin(), 0.0, 1.0, elementwise=False)
 
 
 def build_activation(cfg) -> Activation:

@@ -27,6 +27,7 @@ from dsnn_cli.models.fields import (
 )
 from dsnn_cli.models.integrators import INTEGRATORS, Integrator
 from dsnn_cli.models.layers import GradientFlow, Shear, SphereFlow, SplitStep, Step, equal_fractions
+from dsnn_cli.models.peers import PEER_LAYERS, LayerThenActivation
 from dsnn_cli.models.step_sizes import BoundedStepSize, IntervalStepSize, largest_expansive_step
 from dsnn_cli.registry import Registry
 
@@ -67,6 +68,10 @@ class Family:
             Euler factors), so it admits only the integrators that are one.
         spaces: the states it works on: "image" feature maps and/or "vector" states.
         lifting: vector nets may lift to model.width (False: the state must be the data).
+        elementwise_activation: its proof reads the activation's divided differences as a
+            diagonal matrix in [m, M] (gradient steps), so it refuses maxmin.
+        network: "dynamics" (stages of dynamic layers, `networks.ImageNet`/`VectorNet`) or
+            "layers" (Prach et al.'s skeleton of 1-Lipschitz layers, `networks.ConvNet`).
     """
 
     name: str
@@ -79,6 +84,8 @@ class Family:
     euler_only: bool = False
     spaces: tuple[str, ...] = ("image", "vector")
     lifting: bool = True
+    elementwise_activation: bool = False
+    network: str = "dynamics"
 
     @property
     def integrators(self) -> tuple[str, ...]:
@@ -99,6 +106,12 @@ class Family:
         return self.claim_for(cfg).certified
 
     def check(self, cfg: Mapping[str, Any], activation: Activation) -> None:
+        if self.elementwise_activation and not activation.elementwise:
+            raise UsageError(
+                f"model={self.name} cannot take model.activation={activation.module.__class__.__name__}: its "
+                "gradient steps are proven for elementwise monotone activations (use leaky_relu, or "
+                "model=convnet for layers followed by maxmin)"
+            )
         if self.validate is not None:
             self.validate(cfg, activation)
 
@@ -368,6 +381,7 @@ register(
         claim=lambda cfg: Claim(True, "spectral (||A|| <= 1)"),
         validate=validate_nonexpansive,
         euler_only=True,
+        elementwise_activation=True,
     )
 )
 register(
@@ -380,6 +394,7 @@ register(
         claim=lipschitz_claim,
         validate=validate_lipschitz,
         euler_only=True,
+        elementwise_activation=True,
     )
 )
 register(
@@ -392,6 +407,7 @@ register(
         claim=lipschitz_claim,
         validate=validate_flexible,
         euler_only=True,
+        elementwise_activation=True,
     )
 )
 register(
@@ -427,8 +443,41 @@ register(
 )
 
 
+# ------------------------------------------------------------------------------ convnet (the field's layers)
+
+
+def convnet_steps(ctx: StepContext) -> list[nn.Module]:
+    """`steps` layers of kind model.layer, each followed by the activation (one block)."""
+    make = PEER_LAYERS[ctx.cfg["layer"]]
+    size, kernel = ctx.space.size, ctx.space.kernel_size
+    return repeat(ctx, lambda: LayerThenActivation(make(ctx.width, size, kernel, False), ctx.activation))
+
+
+def validate_convnet(cfg: Mapping[str, Any], activation: Activation) -> None:
+    PEER_LAYERS[cfg["layer"]]  # unknown names list the valid ones
+    if activation.slope_max > 1.0:
+        raise UsageError(f"model.activation must be 1-Lipschitz, got slopes up to {activation.slope_max:g}")
+
+
+register(
+    Family(
+        name="convnet",
+        fields=tuple(),
+        make_steps=convnet_steps,
+        integrator_kind="runge_kutta",
+        preserves="Lipschitz bound",
+        claim=lambda cfg: Claim(True, f"{cfg['layer']} layers, each bounded in float64"),
+        validate=validate_convnet,
+        euler_only=True,
+        spaces=("image",),
+        network="layers",
+    )
+)
+
+
 def check_family_config(cfg: Mapping[str, Any]) -> None:
     """Checks every family shares: the number of dynamic layers and the sub-step fractions."""
     if int(cfg["steps"]) < 1:
         raise UsageError(f"model.steps={cfg['steps']} must be >= 1")
-    fractions_of(cfg)
+    if "substeps" in cfg:  # families of dynamic layers (convnet's layers take no sub-steps)
+        fractions_of(cfg)

@@ -6,6 +6,12 @@ choices and their factors). The normalisation contributes 1 / min(std) (1 for me
 `lipschitz_factors` covers everything up to the head's input, the features; certificates
 then bound each logit difference z_i - z_j by L ||w_i - w_j|| through the head's rows.
 
+Layer network (`model=convnet`, Prach et al. 2024): zero channels, a 1x1 layer and the
+activation, blocks of `steps` k x k layers each followed by the activation and closed by
+first-channels + pixel unshuffle (doubling the channels), a global max-pool, a 1x1 layer on
+the last map and the first `classes` channels as logits; every layer of one kind
+(`model.layer`, from `peers.py`), each with its own proven factor.
+
 Vector network (low-dimensional states: ODE flow maps, function regression): an optional
 lift to `model.width`, the dynamic layers, an optional linear read-out. With
 ``model.width: null`` the state is the data itself, so the network *is* a composition of
@@ -33,8 +39,9 @@ from dsnn_cli.models.families import (
 )
 from dsnn_cli.models.integrators import INTEGRATORS
 from dsnn_cli.models.operators import ConstrainedNorm, DenseOperator
+from dsnn_cli.models.peers import PEER_LAYERS, LayerThenActivation
 from dsnn_cli.models.spaces import VECTOR_ORTHOGONALS, ImageSpace, VectorSpace
-from dsnn_cli.models.stages import DOWNSAMPLES, HEADS, STEMS
+from dsnn_cli.models.stages import DOWNSAMPLES, HEADS, STEMS, FirstChannelsUnshuffle, PadChannels
 
 NORMALIZATIONS = ("mean", "mean_std", "none")
 
@@ -188,6 +195,73 @@ class ImageNet(DynamicsNet):
             if factor is None:
                 return None
             factors.append((f"dense.{s}", factor))
+        return factors
+
+
+class ConvNet(DynamicsNet):
+    """Prach et al.'s skeleton of 1-Lipschitz layers of one kind (`model.layer`)."""
+
+    def __init__(self, family: Family, cfg: Mapping[str, Any], data_info: Mapping[str, Any]):
+        super().__init__()
+        self.family = family.name
+        self.certified = True
+        self.config = {"model": dict(cfg), "data_info": dict(data_info)}
+        activation = build_activation(cfg["activation"])
+        make = PEER_LAYERS[cfg["layer"]]
+        widths, counts = [int(w) for w in cfg["widths"]], step_counts(cfg)
+        size = self.input_size = image_size(data_info)
+        if any(s % 2 ** len(widths) for s in size):
+            raise UsageError(
+                f"image size {size} is not divisible by 2^{len(widths)} (one 2x2 downsampling per block "
+                f"of model.widths={widths}); use fewer blocks or another data.image_size"
+            )
+        self.normalize = make_normalize(cfg, data_info)
+        self.stem = PadChannels(int(data_info["in_channels"]), widths[0])
+        self.lift = LayerThenActivation(make(widths[0], size, 1, True), activation)
+        stages = []
+        for i, (width, count) in enumerate(zip(widths, counts, strict=True)):
+            kernel = int(cfg["kernel_size"]) if i + 1 < len(widths) else 1  # the 2x2 map: 1x1 layers
+            steps = family.make_steps(
+                StepContext({**cfg, "steps": count}, width, ImageSpace(size, kernel), activation, None, [1.0])
+            )
+            following = widths[i + 1] if i + 1 < len(widths) else 2 * width  # theirs: always 2 x width
+            stages.append(Stage(steps, FirstChannelsUnshuffle(width, following)))
+            size = (size[0] // 2, size[1] // 2)
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveMaxPool2d(1)  # per channel, |max a - max b| <= max |a - b|: factor 1
+        features = 2 * widths[-1]
+        self.last = LayerThenActivation(make(features, (1, 1), 1, True), None)
+        self.head = HEADS["first"](features, int(data_info["num_classes"]), True)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            raise UsageError(
+                f"the model was built (and certified) for {self.input_size[0]}x{self.input_size[1]} images, "
+                f"got {x.shape[-2]}x{x.shape[-1]}: its layers' bounds hold for that size only"
+            )
+        x = self.lift(self.stem(self.normalize(x)))
+        x = x.to(autocast_dtype(x))
+        for stage in self.stages:
+            x = stage(x)
+        return torch.flatten(self.last(self.pool(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def classifier_rows(self) -> torch.Tensor:
+        return self.head.rows()
+
+    def lipschitz_factors(self, nominal: bool = False) -> list[tuple[str, float]]:
+        factors = [
+            ("normalize", self.normalize.lipschitz_factor()),
+            ("lift", self.lift.lipschitz_factor(nominal)),
+        ]
+        for i, stage in enumerate(self.stages):
+            factors += [
+                (f"stages.{i}.steps.{s}", step.lipschitz_factor(nominal))
+                for s, step in enumerate(stage.steps)
+            ]
+        factors.append(("last", self.last.lipschitz_factor(nominal)))
         return factors
 
 
@@ -380,4 +454,6 @@ def build_model(cfg: Mapping[str, Any], data_info: Mapping[str, Any]) -> Dynamic
             f"model={family.name} works on {' and '.join(family.spaces)} data, not {kind} data "
             "(see the experiment presets: dsnn train --help)"
         )
+    if family.network == "layers":
+        return ConvNet(family, cfg, data_info)
     return (ImageNet if kind == "image" else VectorNet)(family, cfg, data_info)

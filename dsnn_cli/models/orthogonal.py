@@ -46,7 +46,7 @@ def _singular_values(matrices: torch.Tensor) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
-class _CachedCayley(nn.Module, ABC):
+class CachedTransform(nn.Module, ABC):
     """Shared machinery: a fresh, differentiable transform in training, a cached one in eval.
 
     In eval mode the transform is computed without autograd and reused until the weight is
@@ -83,6 +83,13 @@ class _CachedCayley(nn.Module, ABC):
                 self._cache = (key, self.transform(w.detach()))
         return self._cache[1]
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the cache behind: it may hold a tensor of a finished
+        torch.func transform (a Jacobian measured in eval mode), which cannot be copied."""
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def calibrate(self) -> None:
         """No-op: the transform is orthogonal by construction, there is no sigma to refresh."""
 
@@ -103,7 +110,7 @@ class _CachedCayley(nn.Module, ABC):
         return self.apply_with(x, self.effective_weight())
 
 
-class CayleyConvOperator(_CachedCayley):
+class CayleyConvOperator(CachedTransform):
     """Orthogonal multi-channel circular convolution on images of a fixed size n1 x n2.
 
     The weight is an ordinary (c, c, k, k) kernel, read as a circular cross-correlation
@@ -190,7 +197,7 @@ def per_frequency(matrices: torch.Tensor, spectrum: torch.Tensor) -> torch.Tenso
     return product.reshape(n1, m, o, batch).permute(3, 2, 0, 1)
 
 
-class CayleyDenseOperator(_CachedCayley):
+class CayleyDenseOperator(CachedTransform):
     """A dim -> hidden matrix with orthonormal columns: the first `dim` columns of the orthogonal
     Q = (I + S)^{-1}(I - S), S = W - W^T (hidden x hidden), acting on flat vectors.
 
@@ -247,7 +254,7 @@ class ShuffledBlockCayley(CayleyDenseOperator):
         weight = torch.empty(k * b * b + b * k * k)
         weight[: k * b * b].uniform_(-1 / math.sqrt(b), 1 / math.sqrt(b))
         weight[k * b * b :].uniform_(-1 / math.sqrt(k), 1 / math.sqrt(k))
-        _CachedCayley.__init__(self, weight * INIT_SCALE)
+        CachedTransform.__init__(self, weight * INIT_SCALE)
         self.dim = dim
 
     def factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,6 +154,24 @@ class RowsHead(nn.Module):
         return F.linear(x, self.rows(), self.bias)
 
 
+class FirstChannelsHead(nn.Module):
+    """The first `classes` features as logits (Prach et al.'s head after a 1-Lipschitz layer):
+    rows e_i, so each pair pays ||e_i - e_j|| = sqrt(2)."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        if classes > features:
+            raise UsageError(f"model.head=first needs at least {classes} features, got {features}")
+        self.classes = classes
+        self.register_buffer("unit_rows", torch.eye(classes, features), persistent=False)
+
+    def rows(self) -> torch.Tensor:
+        return self.unit_rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.classes]
+
+
 STEMS.add("pad", lambda c_in, c_out, size, kernel, constrained: PadChannels(c_in, c_out))
 STEMS.add(
     "conv",
@@ -175,3 +193,4 @@ DOWNSAMPLES.add(
 )
 HEADS.add("dense", DenseHead)
 HEADS.add("rows", lambda features, classes, constrained: RowsHead(features, classes))
+HEADS.add("first", lambda features, classes, constrained: FirstChannelsHead(features, classes))
