@@ -49,6 +49,11 @@ IMAGE_CERTIFIED = [
     ("lipschitz", {"dense_steps": 2, "dense_orthogonal": "cayley"}),
     ("lipschitz", {"dense_steps": 2, "dense_orthogonal": "shuffled_blocks", "head": "dense"}),
     ("nonexpansive", {"steps": [1, 2], "dense_steps": 1}),
+    # the peers' pieces in our steps: block-reflector contractions, AOL-rescaled expansions
+    (
+        "lipschitz",
+        {"orthogonal_map": "bro", "expansive_operator": "aol", "dense_steps": 2, "dense_orthogonal": "bro"},
+    ),
 ]
 IMAGE_IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in IMAGE_CERTIFIED]
 

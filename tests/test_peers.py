@@ -180,3 +180,27 @@ def test_no_certified_point_of_a_trained_convnet_is_broken(trained_convnet):
         (l2_norms(adversarial - x[certified]) <= radii * (1 + 1e-5) + 1e-6).all()
     )  # float32 x + delta
     assert bool((predicted == labels[certified]).all())
+
+
+def test_the_peers_pieces_in_our_steps_keep_their_bounds():
+    """AOL's rescaling bounds an expansive W for every weight; a block reflector is an isometry."""
+    from dsnn_cli.models.operators import AOLConvOperator
+    from dsnn_cli.models.orthogonal import BlockReflectorDense
+
+    op = AOLConvOperator(4, 4, (5, 5)).double()
+    with torch.no_grad():
+        op.weight.mul_(7.0)  # AOL's bound does not depend on the weight's scale
+    dense = torch.autograd.functional.jacobian(
+        lambda v: op(v.view(1, 4, 5, 5)).flatten(), torch.zeros(100, dtype=torch.float64)
+    )
+    assert float(torch.linalg.svdvals(dense).max()) <= op.norm_bound() <= 1.0 + 1e-8
+    isometry = BlockReflectorDense(6, 12).double()
+    q = isometry.effective_weight()
+    torch.testing.assert_close(q.mT @ q, torch.eye(6, dtype=torch.float64), atol=1e-6, rtol=0)
+    s_min, s_max = isometry.singular_value_range()
+    assert 1 - 1e-6 < s_min <= s_max < 1 + 1e-12
+
+
+def test_block_reflectors_in_contractive_steps_are_per_pixel_only():
+    with pytest.raises(UsageError, match="orthogonal_map=bro is a per-pixel block reflector"):
+        check_model_config(model_config("lipschitz", orthogonal_map="bro", contractive_kernel=3))

@@ -195,12 +195,14 @@ def contractive_field(ctx: StepContext) -> GradientField:
         float(cfg["ortho_penalty"]),
         hidden=int(cfg["contractive_width"]) * ctx.width,
         kernel_size=int(cfg["contractive_kernel"]),
+        orthogonal_map=cfg.get("orthogonal_map", "cayley"),
     )
 
 
 def expansive_field(ctx: StepContext) -> ExpansiveField:
     init, bias = ctx.cfg["expansive_init"], float(ctx.cfg["expansive_bias"])
-    return ExpansiveField(ctx.space, ctx.width, ctx.activation, init, bias)
+    operator = ctx.cfg.get("expansive_operator", "spectral")
+    return ExpansiveField(ctx.space, ctx.width, ctx.activation, init, bias, operator)
 
 
 def contractive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float:
@@ -244,6 +246,10 @@ def check_pairs(cfg: Mapping[str, Any]) -> None:
     if kernel % 2 == 0:
         raise UsageError(f"model.contractive_kernel={kernel} must be odd (1: per pixel)")
     setting(cfg, "contractive_width", int, "model", low=1)
+    if cfg.get("orthogonal_map", "cayley") == "bro" and kernel != 1:
+        raise UsageError(
+            "model.orthogonal_map=bro is a per-pixel block reflector: it needs model.contractive_kernel=1"
+        )
     setting(cfg, "expansive_init", str, "model", choices=("identity", "kaiming"))
     setting(cfg, "expansive_bias", float, "model")
 

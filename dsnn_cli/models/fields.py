@@ -127,6 +127,7 @@ class GradientField(VectorField):
         penalty: float = 0.0,
         hidden: int | None = None,
         kernel_size: int | None = None,
+        orthogonal_map: str = "cayley",
     ) -> None:
         super().__init__(activation)
         if operator not in GRADIENT_OPERATORS:
@@ -134,7 +135,7 @@ class GradientField(VectorField):
         self.operator = operator
         hidden = width if hidden is None else int(hidden)
         self.A = (
-            space.orthogonal(width, hidden, kernel_size)
+            space.orthogonal(width, hidden, kernel_size, orthogonal_map)
             if operator == "orthogonal"
             else space.operator(width, hidden, constrained=operator == "spectral")
         )
@@ -172,7 +173,8 @@ class GradientField(VectorField):
 
 
 class ExpansiveField(VectorField):
-    """f(x) = s(Wx + v) with ||W|| <= 1: factor 1 + tau M ||W|| per Euler step.
+    """f(x) = s(Wx + v) with ||W|| <= 1: factor 1 + tau M ||W|| per Euler step. The bound holds
+    for any M-Lipschitz s, elementwise or not; ||W|| <= 1 by spectral normalisation or AOL.
 
     ``init="identity"`` starts from W = I and v = `bias` > 0, so that where Wx + v > 0 the step
     is the uniform gain 1 + tau M: it undoes the contraction of a neighbouring gradient step
@@ -180,10 +182,16 @@ class ExpansiveField(VectorField):
     """
 
     def __init__(
-        self, space, width: int, activation: Activation, init: str = "kaiming", bias: float = 0.0
+        self,
+        space,
+        width: int,
+        activation: Activation,
+        init: str = "kaiming",
+        bias: float = 0.0,
+        operator: str = "spectral",
     ) -> None:
         super().__init__(activation)
-        self.W = space.operator(width, width, constrained=True)
+        self.W = space.bounded(width, width, operator)  # spectral normalisation or AOL's rescaling
         if init == "identity":
             self.W.start_at_identity()
         elif init != "kaiming":

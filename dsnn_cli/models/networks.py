@@ -38,9 +38,9 @@ from dsnn_cli.models.families import (
     fractions_of,
 )
 from dsnn_cli.models.integrators import INTEGRATORS
-from dsnn_cli.models.operators import ConstrainedNorm, DenseOperator
+from dsnn_cli.models.operators import BOUNDED_OPERATORS, ConstrainedNorm, DenseOperator
 from dsnn_cli.models.peers import PEER_LAYERS, LayerThenActivation
-from dsnn_cli.models.spaces import VECTOR_ORTHOGONALS, ImageSpace, VectorSpace
+from dsnn_cli.models.spaces import ORTHOGONAL_MAPS, VECTOR_ORTHOGONALS, ImageSpace, VectorSpace
 from dsnn_cli.models.stages import DOWNSAMPLES, HEADS, STEMS, FirstChannelsUnshuffle, PadChannels
 
 NORMALIZATIONS = ("mean", "mean_std", "none")
@@ -390,6 +390,8 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "contractive": {"kind": str},
     "normalize": {"kind": str, "choices": NORMALIZATIONS},
     "dense_orthogonal": {"kind": str, "choices": VECTOR_ORTHOGONALS},
+    "orthogonal_map": {"kind": str, "choices": ORTHOGONAL_MAPS},
+    "expansive_operator": {"kind": str, "choices": BOUNDED_OPERATORS},
 }
 
 

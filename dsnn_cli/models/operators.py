@@ -143,6 +143,45 @@ class ConvOperator(ConstrainedNorm):
         return f"{c_in}->{c_out}, kernel={k}, input={self.input_size}, constrained={self.constrained}"
 
 
+def gram_row_sums(weight: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j |W^T W|_ij (q_j / q_i) over the input channels i of a matrix (out, in) or a kernel
+    (out, in, k, k); for a zero-padded convolution W^T W is the kernel correlated with itself
+    over all shifts, a (in, in, 2k - 1, 2k - 1) kernel. `weights` are SLL's q (None: all 1)."""
+    if weight.dim() == 2:
+        gram = (weight.mT @ weight).abs()
+    else:
+        k1, k2 = weight.shape[-2:]
+        columns = weight.transpose(0, 1)  # (in, out, k, k): the column filters
+        gram = F.conv2d(columns, columns, padding=(k1 - 1, k2 - 1)).abs().flatten(2)
+    if weights is None:
+        return gram.flatten(1).sum(dim=1)
+    scaled = gram * weights.view(1, -1, *[1] * (gram.dim() - 2))
+    return scaled.flatten(1).sum(dim=1) / weights
+
+
+# Guard of the AOL and SLL rescalings against a zero column (as in both papers' code).
+RESCALING_EPS = 1e-6
+
+
+def aol_rescaled(weight: torch.Tensor) -> torch.Tensor:
+    """W D with D = diag(sum_j |W^T W|_ij + eps)^(-1/2): ||W D|| <= 1 for every W (Prach &
+    Lampert 2022, Theorem 1; for zero-padded convolutions, their Theorem 2)."""
+    scale = (gram_row_sums(weight) + RESCALING_EPS).rsqrt()
+    return weight * scale.view(1, -1, *[1] * (weight.dim() - 2))
+
+
+class AOLRescaled:
+    """Mixin: the operator applies AOL's rescaling of its weight (no power iteration, nothing to
+    calibrate); its bound is the exact norm of the rescaled weight, computed in float64."""
+
+    def effective_weight(self) -> torch.Tensor:
+        with full_precision(self.weight):
+            return aol_rescaled(self.weight)
+
+    def norm_bound(self) -> float:
+        return self.exact_norm_bound(aol_rescaled(self.weight.detach().to(torch.float64, copy=True).cpu()))
+
+
 class DenseOperator(ConstrainedNorm):
     """x -> W x + b on flat vectors (the classification head)."""
 
@@ -168,3 +207,24 @@ class DenseOperator(ConstrainedNorm):
     def extra_repr(self) -> str:
         out_f, in_f = self.weight.shape
         return f"{in_f}->{out_f}, constrained={self.constrained}"
+
+
+class AOLConvOperator(AOLRescaled, ConvOperator):
+    """A 'same' convolution with ||A|| <= 1 by AOL's rescaling."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, input_size: tuple[int, int], kernel_size: int = 3
+    ):
+        super().__init__(in_channels, out_channels, input_size, kernel_size, constrained=False)
+
+
+class AOLDenseOperator(AOLRescaled, DenseOperator):
+    """A matrix with ||A|| <= 1 by AOL's rescaling (no bias: the field has its own)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, constrained=False, bias=False)
+
+
+# How a norm-bounded operator keeps ||A|| <= 1: spectral normalisation (a power iteration in
+# training, the proven norm after calibration) or AOL's rescaling (proven for every weight).
+BOUNDED_OPERATORS = ("spectral", "aol")

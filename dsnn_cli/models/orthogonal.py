@@ -39,6 +39,28 @@ def _cayley(skew: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_ex(eye + skew, eye - skew, check_errors=False).result
 
 
+# Relative guard added to V^H V before the solve: the BRONet code's for the peer layer; a
+# hundred times smaller in our contractive steps, whose factor pays 2 x guard in s_min. Either
+# only shrinks the reflected directions' singular values: ||W|| <= 1 holds with or without it.
+BRO_GUARD, ISOMETRY_GUARD = 1e-5, 1e-7
+
+
+def block_reflector(v: torch.Tensor, guard: float = BRO_GUARD) -> torch.Tensor:
+    """I - 2 V (V^H V + guard)^-1 V^H over the leading batch dimensions, V of shape (.., n, r):
+    the reflection through the orthogonal complement of V's columns (Lai et al. 2025)."""
+    gram = v.mH @ v
+    guard = gram.diagonal(dim1=-2, dim2=-1).real.mean(dim=-1) * guard
+    eye_r = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    gram = gram + guard[..., None, None] * eye_r
+    eye_n = torch.eye(v.shape[-2], dtype=v.dtype, device=v.device)
+    return eye_n - 2.0 * v @ torch.linalg.solve_ex(gram, v.mH, check_errors=False).result
+
+
+def reflector_rank(dim: int, fraction: float = 0.5) -> int:
+    """r = fraction x dim, in [1, dim - 1] (BRONet's default half)."""
+    return max(1, min(dim - 1, round(fraction * dim))) if dim > 1 else 1
+
+
 def _singular_values(matrices: torch.Tensor) -> tuple[float, float]:
     """Smallest and largest singular value over a batch of matrices, computed in float64."""
     wide = torch.complex128 if matrices.is_complex() else torch.float64
@@ -228,6 +250,27 @@ class CayleyDenseOperator(CachedTransform):
         return f"{self.dim}->{self.weight.shape[0]}, cayley"
 
 
+class BlockReflectorDense(CayleyDenseOperator):
+    """A dim -> hidden isometry: the first `dim` columns of the block reflector of a
+    (hidden, r) matrix V. One r x r solve where a Cayley transform solves hidden x hidden."""
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        hidden = dim if hidden is None else int(hidden)
+        if hidden < dim:
+            raise ValueError(f"an isometry needs hidden >= dim, got {hidden} < {dim}")
+        weight = torch.empty(hidden, reflector_rank(hidden))
+        nn.init.orthogonal_(weight)
+        CachedTransform.__init__(self, weight)
+        self.dim = dim
+
+    def transform(self, weight: torch.Tensor) -> torch.Tensor:
+        return block_reflector(weight, ISOMETRY_GUARD)[:, : self.dim]
+
+    def extra_repr(self) -> str:
+        hidden, rank = self.weight.shape
+        return f"{self.dim}->{hidden}, rank={rank}, block reflector"
+
+
 def shuffle_blocks(dim: int) -> tuple[int, int]:
     """(k, b) with k * b = dim, k <= b and k as large as possible: the block layout of a
     shuffled block-orthogonal matrix (k blocks of b, then b blocks of k)."""
@@ -320,3 +363,11 @@ def orthogonality_penalty(weight: torch.Tensor) -> torch.Tensor:
     else:
         raise ValueError(f"expected a 2-D matrix or a 4-D kernel, got shape {tuple(weight.shape)}")
     return (gram - target).pow(2).sum()
+
+
+class BlockReflectorChannels(BlockReflectorDense, CayleyChannelOperator):
+    """The block-reflector isometry applied to the channels of every pixel (a 1x1 convolution)."""
+
+    def extra_repr(self) -> str:
+        hidden, rank = self.weight.shape
+        return f"{self.dim}->{hidden} channels, 1x1, rank={rank}, block reflector"

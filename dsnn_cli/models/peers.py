@@ -45,35 +45,24 @@ from dsnn_cli.models.fields import GradientField, biased
 from dsnn_cli.models.integrators import INTEGRATORS
 from dsnn_cli.models.layers import Step
 from dsnn_cli.models.norms import FLOAT64_SLACK, conv_norm_bound
-from dsnn_cli.models.orthogonal import CachedTransform, CayleyConvOperator, per_frequency
+from dsnn_cli.models.operators import RESCALING_EPS, aol_rescaled, gram_row_sums
+from dsnn_cli.models.orthogonal import (
+    CachedTransform,
+    CayleyConvOperator,
+    block_reflector,
+    per_frequency,
+    reflector_rank,
+)
 from dsnn_cli.models.spaces import ImageSpace
 from dsnn_cli.registry import Registry
 
-# Guard of the AOL and SLL rescalings against a zero row (as in both papers' code).
-RESCALING_EPS = 1e-6
 # SOC: series terms in training and in evaluation (the SOC paper's and Prach et al.'s choice),
 # and the fraction of the estimated norm L is scaled to.
 SOC_TRAIN_TERMS, SOC_EVAL_TERMS, SOC_CORRECTION = 6, 12, 0.7
-# BRO: relative guard added to V^H V before the solve (the BRONet code's).
-BRO_GUARD = 1e-5
 
 
 def float64_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().to(dtype=torch.float64, device="cpu")
-
-
-def gram_row_sums(kernel: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_j |K^T K|_ij (q_j / q_i) for the input channels i of a (c_out, c_in, k, k) kernel.
-
-    K^T K is the Gram operator of the zero-padded convolution: the kernel correlated with
-    itself over all shifts (a (c_in, c_in, 2k - 1, 2k - 1) kernel). `weights` are SLL's q.
-    """
-    k1, k2 = kernel.shape[-2:]
-    columns = kernel.transpose(0, 1)  # (c_in, c_out, k, k): column filters
-    gram = F.conv2d(columns, columns, padding=(k1 - 1, k2 - 1)).abs()  # (c_in, c_in, 2k-1, 2k-1)
-    if weights is None:
-        return gram.sum(dim=(1, 2, 3))
-    return (gram * weights[None, :, None, None]).sum(dim=(1, 2, 3)) / weights
 
 
 class AOLConv(nn.Module):
@@ -87,18 +76,13 @@ class AOLConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.size, self.padding = tuple(size), kernel_size // 2
 
-    @staticmethod
-    def rescaled(weight: torch.Tensor) -> torch.Tensor:
-        scale = (gram_row_sums(weight) + RESCALING_EPS).rsqrt()
-        return weight * scale[None, :, None, None]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x):
-            kernel = self.rescaled(self.weight)
+            kernel = aol_rescaled(self.weight)
         return biased(F.conv2d(x, kernel.to(x.dtype), padding=self.padding), self.bias)
 
     def lipschitz_factor(self, nominal: bool = False) -> float:
-        return 1.0 if nominal else conv_norm_bound(self.rescaled(float64_weight(self.weight)), self.size)
+        return 1.0 if nominal else conv_norm_bound(aol_rescaled(float64_weight(self.weight)), self.size)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]} channels, kernel={self.weight.shape[-1]}, input={self.size}, aol"
@@ -220,7 +204,7 @@ class BROConv(CachedTransform):
     """Block reflector I - 2 V (V^H V)^-1 V^H per frequency, on the zero-padded input's torus."""
 
     def __init__(self, channels: int, size: tuple[int, int], kernel_size: int, rank: float = 0.5) -> None:
-        r = max(1, min(channels - 1, round(rank * channels))) if channels > 1 else 1
+        r = reflector_rank(channels, rank)
         weight = torch.zeros(channels, r, kernel_size, kernel_size)
         weight[torch.arange(r), torch.arange(r), kernel_size // 2, kernel_size // 2] = 1.0  # identity init
         super().__init__(weight)
@@ -231,13 +215,9 @@ class BROConv(CachedTransform):
     def transform(self, weight: torch.Tensor) -> torch.Tensor:
         """(N1, N2 // 2 + 1, c, c) reflectors; a phase of V(w) cancels, so taps need no centring."""
         with full_precision(weight):
-            v = torch.fft.rfft2(at_least_float32(weight), s=self.torus).permute(2, 3, 0, 1)  # (.., c, r)
-            gram = v.mH @ v
-            guard = gram.diagonal(dim1=-2, dim2=-1).real.mean(dim=-1) * BRO_GUARD
-            eye_r = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            gram = gram + guard[..., None, None] * eye_r
-            eye_c = torch.eye(v.shape[-2], dtype=v.dtype, device=v.device)
-            return eye_c - 2.0 * v @ torch.linalg.solve(gram, v.mH)
+            return block_reflector(
+                torch.fft.rfft2(at_least_float32(weight), s=self.torus).permute(2, 3, 0, 1)
+            )
 
     def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         with full_precision(x):
