@@ -9,7 +9,7 @@ MINUTES ?= 24
 RUN_DIR := outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench bench-budget smoke clean
+.PHONY: help install run test test-all lint format bench bench-budget bench-peers smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same pr
 
 bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for BUDGET_MINUTES (3) on ROOT (a CIFAR-10 copy); BENCH_ARGS="--set all"
 	$(BIN)/python benchmarks/bench_budget.py --minutes $(or $(BUDGET_MINUTES),3) $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
+
+bench-peers: $(BIN)/dsnn ## the field's layers (AOL, SLL, CPL, SOC, BRO, Cayley) beside ours, BUDGET_MINUTES (4) each on ROOT; BENCH_ARGS="--test" for the final table
+	$(BIN)/python benchmarks/bench_budget.py --set peers --minutes $(or $(BUDGET_MINUTES),4) --pgd 500 $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

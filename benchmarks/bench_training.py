@@ -42,15 +42,30 @@ FAMILIES = {
     "nonexpansive (CPL)": ["model=nonexpansive", "model.h=2", "model.substeps=1"],
     "naive": ["model=naive"],
     "volume": ["model=volume"],
+    # the field's layers in Prach et al.'s ConvNetXS (their widths 16..256, not --widths)
+    "convnet-XS AOL": ["model=aol"],
+    "convnet-XS SLL": ["model=sll"],
+    "convnet-XS CPL": ["model=convnet", "model.layer=cpl"],
+    "convnet-XS SOC": ["model=soc"],
+    "convnet-XS BRO": ["model=bro"],
+    "convnet-XS Cayley": ["model=convnet", "model.layer=cayley"],
+    # their pieces in our switching scheme
+    "lipschitz, BRO contractions": [
+        "model=lipschitz",
+        "model.orthogonal_map=bro",
+        "model.dense_orthogonal=bro",
+    ],
+    "lipschitz, AOL expansions": ["model=lipschitz", "model.expansive_operator=aol"],
 }
+# Skeletons with their own widths: --widths does not apply.
+OWN_WIDTHS = {label for label in FAMILIES if label.startswith("convnet")}
 
 
-def model_config(overrides: list[str], widths: list[int]) -> dict:
+def model_config(overrides: list[str], widths: list[int] | None) -> dict:
     GlobalHydra.instance().clear()
+    sized = [f"model.widths=[{','.join(map(str, widths))}]"] if widths else []
     with initialize_config_module(config_module="dsnn_cli.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=[*overrides, f"model.widths=[{','.join(map(str, widths))}]"]
-        )
+        cfg = compose(config_name="train", overrides=[*overrides, *sized])
     return to_plain(cfg.model)
 
 
@@ -107,14 +122,14 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{threads} CPU threads"
     print(f"torch {torch.__version__}, {where}, widths {args.widths}, batch {args.batch}, {args.precision}")
     baseline = None
-    print(f"{'family':<24} {'params':>8} {'img/s':>8} {'vs resnet':>10}")
+    print(f"{'family':<28} {'params':>8} {'img/s':>8} {'vs resnet':>10}")
     for label, overrides in FAMILIES.items():
-        cfg = model_config(overrides, args.widths)
+        cfg = model_config(overrides, None if label in OWN_WIDTHS else args.widths)
         params = sum(p.numel() for p in build_model(cfg, INFO).parameters())
         channels_last = not args.contiguous
         rate = images_per_second(cfg, args.batch, args.repeats, channels_last, args.device, args.precision)
         baseline = baseline or rate
-        print(f"{label:<24} {params:8d} {rate:8.0f} {rate / baseline:10.2f}")
+        print(f"{label:<28} {params:8d} {rate:8.0f} {rate / baseline:10.2f}")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class TrainerConfig:
     precision: str
     compile: bool
     deterministic: bool = False
+    test: bool = True
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -132,6 +133,8 @@ class TrainerConfig:
             compile=setting(node, "compile", bool, "trainer"),
             # a run resumed from a config written before the key existed: not deterministic
             deterministic="deterministic" in node and setting(node, "deterministic", bool, "trainer"),
+            # a run resumed from a config written before the key existed: tested
+            test="test" not in node or setting(node, "test", bool, "trainer"),
         )
 
     @property
