@@ -9,29 +9,33 @@ MINUTES ?= 24
 RUN_DIR := outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S-%N)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench bench-budget bench-peers smoke clean
+.PHONY: help install run test test-all lint format docs bench bench-budget bench-peers smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 
 $(BIN)/dsnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	@touch $@
 
-install: $(BIN)/dsnn ## create .venv and install dsnn with its test tools
+install: $(BIN)/dsnn ## create .venv and install dsnn with its test and docs tools
 
 run: $(BIN)/dsnn ## train the default model for MINUTES (24), attack it at EPS (0.3), report (ARGS=overrides)
 	$(BIN)/dsnn train hydra.run.dir=$(RUN_DIR) trainer.max_minutes=$(MINUTES) $(ARGS)
 	$(BIN)/dsnn attack run=$(RUN_DIR) eps=$(EPS)
 	$(BIN)/dsnn report dir=$(RUN_DIR)
 
-test: $(BIN)/dsnn ## layer contracts, then the fast test suite (what CI runs)
+test: $(BIN)/dsnn ## layer contracts, the docs build, then the fast test suite (what CI runs)
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(BIN)/dsnn ## every test, slow ones included
 	$(BIN)/python -m pytest -q
+
+docs: $(BIN)/dsnn ## the documentation site into site/ (mkdocs build --strict: broken links fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 smoke: $(BIN)/dsnn ## a CPU smoke run on synthetic data
 	$(BIN)/dsnn train data=synthetic debug=smoke hydra.run.dir=$(RUN_DIR)
