@@ -92,7 +92,7 @@ PEERS = {
     "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
 }
 
-# One lever at a time against the default recipe (the README's ablation table).
+# One lever at a time against the default recipe (the ablation table of docs/benchmarks.md).
 ABLATIONS = {
     "no dense pair": ["model.dense_steps=0"],
     "dense pair with one full Cayley solve": ["model.dense_orthogonal=cayley"],

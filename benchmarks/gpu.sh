@@ -50,7 +50,7 @@ from pathlib import Path
 
 out, gpus = Path(sys.argv[1]), int(sys.argv[2])
 read = lambda path: json.loads(path.read_text()) if path.is_file() else None  # noqa: E731
-print("\nfigures produced (the README's GPU section takes them):")
+print("\nfigures produced (docs/guide.md, Beyond one CPU, takes them):")
 for precision in ("32", "bf16"):
     print(f"  images/s per family, {precision}: {out / f'families-{precision}.txt'}")
 for name, what in (("paper-32", "float32 + TF32"), ("paper-bf16", "bf16 autocast"), ("paper-compiled", "torch.compile")):
