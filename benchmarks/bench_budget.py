@@ -45,7 +45,7 @@ from dsnn_cli.commands.attack import run_attack
 from dsnn_cli.commands.common import validation_points
 from dsnn_cli.commands.train import run_train
 from dsnn_cli.console import percent, print_table
-from dsnn_cli.devices import exact_float32, peak_memory_mb
+from dsnn_cli.devices import exact_float32
 from dsnn_cli.robustness.attacks import ATTACKS
 from dsnn_cli.robustness.certificates import certify
 
@@ -161,9 +161,20 @@ def step_memory_mb(overrides: list[str]) -> float | None:
     return float(lines[-1]) if probe.returncode == 0 and lines else None
 
 
+def high_water_mb(reset: bool = False) -> float:
+    """The process's peak resident memory (VmHWM, Linux); `reset` first sets it to the current
+    resident memory, so the peak read later is the peak of what ran in between."""
+    if reset:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields["VmHWM"].split()[0]) / 1024
+
+
 def memory_probe(overrides: list[str]) -> None:
-    """Print the MiB of resident memory three training steps of the candidate add (a child)."""
-    from dsnn_cli.devices import resident_memory_mb
+    """Print the MiB by which three training steps of the candidate raise the peak resident
+    memory above the built model and optimiser (run as a child process)."""
     from dsnn_cli.models import build_model
     from dsnn_cli.training.losses import build_loss
     from dsnn_cli.training.optim import build_optimizer
@@ -182,7 +193,7 @@ def memory_probe(overrides: list[str]) -> None:
     loss_fn = build_loss(cfg.loss)
     batch = int(cfg.trainer.batch_size)
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    before = resident_memory_mb()
+    before = high_water_mb(reset=True)
     for _ in range(3):
         optimizer.zero_grad()
         outputs = model(x)
@@ -190,7 +201,7 @@ def memory_probe(overrides: list[str]) -> None:
         loss = loss_fn(outputs, y, rows) if rows is not None else loss_fn(outputs, y)
         loss.backward()
         optimizer.step()
-    print(round(peak_memory_mb(torch.device("cpu")) - before, 1))
+    print(round(high_water_mb() - before, 1))
 
 
 @exact_float32()
