@@ -175,20 +175,14 @@ def high_water_mb(reset: bool = False) -> float:
 def memory_probe(overrides: list[str]) -> None:
     """Print the MiB by which three training steps of the candidate raise the peak resident
     memory above the built model and optimiser (run as a child process)."""
+    from bench_training import INFO  # CIFAR-10's shape and statistics, one owner (this directory)
+
     from dsnn_cli.models import build_model
     from dsnn_cli.training.losses import build_loss
     from dsnn_cli.training.optim import build_optimizer
 
     cfg = compose_config("train", ["data=synthetic", *overrides])
-    info = {
-        "kind": "image",
-        "in_channels": 3,
-        "image_size": 32,
-        "num_classes": 10,
-        "mean": [0.47] * 3,
-        "std": [0.25] * 3,
-    }
-    model = build_model(cfg.model, info).train()
+    model = build_model(cfg.model, INFO).train()
     optimizer = build_optimizer(cfg.optim, model.parameters())
     loss_fn = build_loss(cfg.loss)
     batch = int(cfg.trainer.batch_size)

@@ -137,15 +137,25 @@ def pgd_at_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: torc
     return (x + delta).detach()
 
 
-def test_no_certified_point_of_a_trained_model_is_broken_at_0_999_of_its_radius(trained_lipschitz_run):
-    model = dsnn_cli.load_model(trained_lipschitz_run).eval()
-    x, labels, _ = evaluation_points(trained_lipschitz_run, model.config["data_info"], 128)
+def attack_inside_certified_balls(run_dir, n: int, at_least: int, steps: int = 60):
+    """The run's model, n of its evaluation points, their certification, the certified ones
+    (at least `at_least`), 0.999 x their radii and a per-point PGD's points inside those balls."""
+    model = dsnn_cli.load_model(run_dir).eval()
+    x, labels, _ = evaluation_points(run_dir, model.config["data_info"], n)
     with exact_float32():
         certification = certify(model, x, labels)
         certified = certification.certified(0.0).nonzero().squeeze(1)
-        assert certified.numel() >= 32
+        assert certified.numel() >= at_least
         radii = certification.radii[certified].float() * 0.999
-        adversarial = pgd_at_radii(model, x[certified], labels[certified], radii)
+        adversarial = pgd_at_radii(model, x[certified], labels[certified], radii, steps=steps)
+    return model, x, labels, certification, certified, radii, adversarial
+
+
+def test_no_certified_point_of_a_trained_model_is_broken_at_0_999_of_its_radius(trained_lipschitz_run):
+    model, x, labels, certification, certified, radii, adversarial = attack_inside_certified_balls(
+        trained_lipschitz_run, 128, 32
+    )
+    with exact_float32():
         with torch.no_grad():
             logits32 = model(adversarial)
             logits64 = float64_copy(model)(adversarial.double())

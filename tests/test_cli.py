@@ -89,7 +89,7 @@ def test_sweep_with_a_failing_job_reports_the_other_and_exits_1(tmp_path):
         (
             ("train", "model=nope"),
             2,
-            "unknown model option 'nope' (valid: lipschitz, lipschitz_flexible, lipschitz_paper, mass, naive",
+            "unknown model option 'nope' (valid: aol, bro, convnet, lipschitz, lipschitz_flexible",
         ),
         (("train", "trainer.nope=1"), 2, "unknown config key 'trainer.nope'"),
         (("train", "model=lipschitz", "model.h_expansive=9"), 2, "largest admissible h_expansive"),
@@ -137,7 +137,7 @@ def test_hydra_flags_pass_through():
     helped = run_cli("train", "--help")
     assert (
         helped.returncode == 0
-        and "model: lipschitz, lipschitz_flexible, lipschitz_paper, mass, naive" in helped.stdout
+        and "model: aol, bro, convnet, lipschitz, lipschitz_flexible, lipschitz_paper" in helped.stdout
     )
 
 

@@ -56,7 +56,11 @@ def test_every_model_with_every_integrator(model, integrator):
     if integrator in family.integrators:
         if "image" in family.spaces:
             assert build_model(cfg.model, INFO)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
-        assert build_model(cfg.model, VECTOR_INFO)(torch.rand(5, 3)).shape == (5, 3)
+        if "vector" in family.spaces:
+            assert build_model(cfg.model, VECTOR_INFO)(torch.rand(5, 3)).shape == (5, 3)
+        else:
+            with pytest.raises(UsageError, match="works on image data, not vector data"):
+                build_model(cfg.model, VECTOR_INFO)
     else:
         with pytest.raises(UsageError, match="does not admit"):
             build_model(cfg.model, INFO)

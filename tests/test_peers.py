@@ -10,11 +10,9 @@ import math
 import pytest
 import torch
 from helpers import measured_lipschitz, model_config
-from test_certificates import pgd_at_radii
+from test_certificates import attack_inside_certified_balls
 from test_config import INFO
 
-import dsnn_cli
-from dsnn_cli.commands.common import evaluation_points
 from dsnn_cli.devices import exact_float32
 from dsnn_cli.errors import UsageError
 from dsnn_cli.models.activations import build_activation
@@ -22,7 +20,7 @@ from dsnn_cli.models.networks import build_model, check_model_config
 from dsnn_cli.models.operators import ConstrainedNorm
 from dsnn_cli.models.peers import PEER_LAYERS, SOCConv, series_bound
 from dsnn_cli.robustness.attacks import l2_norms
-from dsnn_cli.robustness.certificates import certify, lipschitz_bound
+from dsnn_cli.robustness.certificates import lipschitz_bound
 
 LAYERS = list(PEER_LAYERS)
 # Linear layers whose operator is orthogonal up to rounding (BRO: on the complement of V's
@@ -166,19 +164,13 @@ def trained_convnet(request, tmp_path_factory):
 
 
 def test_no_certified_point_of_a_trained_convnet_is_broken(trained_convnet):
-    model = dsnn_cli.load_model(trained_convnet).eval()
-    x, labels, _ = evaluation_points(trained_convnet, model.config["data_info"], 96)
-    with exact_float32():
-        certification = certify(model, x, labels)
-        certified = certification.certified(0.0).nonzero().squeeze(1)
-        assert certified.numel() >= 5
-        radii = certification.radii[certified].float() * 0.999
-        adversarial = pgd_at_radii(model, x[certified], labels[certified], radii, steps=40)
-        with torch.no_grad():
-            predicted = model(adversarial).argmax(1)
-    assert bool(
-        (l2_norms(adversarial - x[certified]) <= radii * (1 + 1e-5) + 1e-6).all()
-    )  # float32 x + delta
+    model, x, labels, _, certified, radii, adversarial = attack_inside_certified_balls(
+        trained_convnet, 96, 5, steps=40
+    )
+    with exact_float32(), torch.no_grad():
+        predicted = model(adversarial).argmax(1)
+    distances = l2_norms(adversarial - x[certified])
+    assert bool((distances <= radii * (1 + 1e-5) + 1e-6).all())  # float32 x + delta
     assert bool((predicted == labels[certified]).all())
 
 
