@@ -154,11 +154,7 @@ class ImageNet(DynamicsNet):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the head reads: the flattened output of the last stage."""
-        if tuple(x.shape[-2:]) != self.input_size:
-            raise UsageError(
-                f"the model was built (and certified) for {self.input_size[0]}x{self.input_size[1]} images, "
-                f"got {x.shape[-2]}x{x.shape[-1]}: its convolution bounds hold for that size only"
-            )
+        check_input_size(x, self.input_size)
         x = self.stem(self.normalize(x))
         x = x.to(autocast_dtype(x))  # under bf16 autocast the activations stay bf16 from here on
         for stage in self.stages:
@@ -234,11 +230,7 @@ class ConvNet(DynamicsNet):
         self.head = HEADS["first"](features, int(data_info["num_classes"]), True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.input_size:
-            raise UsageError(
-                f"the model was built (and certified) for {self.input_size[0]}x{self.input_size[1]} images, "
-                f"got {x.shape[-2]}x{x.shape[-1]}: its layers' bounds hold for that size only"
-            )
+        check_input_size(x, self.input_size)
         x = self.lift(self.stem(self.normalize(x)))
         x = x.to(autocast_dtype(x))
         for stage in self.stages:
@@ -353,6 +345,16 @@ def dense_steps(
             fractions_of(cfg),
         )
     )
+
+
+def check_input_size(x: torch.Tensor, size: tuple[int, int]) -> None:
+    """Refuse images of another size than the network was built for: its layers' bounds (and
+    the FFT layers' tori) hold for that size only."""
+    if tuple(x.shape[-2:]) != size:
+        raise UsageError(
+            f"the model was built (and certified) for {size[0]}x{size[1]} images, "
+            f"got {x.shape[-2]}x{x.shape[-1]}: its convolution bounds hold for that size only"
+        )
 
 
 def image_size(data_info: Mapping[str, Any]) -> tuple[int, int]:

@@ -45,7 +45,7 @@ from dsnn_cli.models.fields import GradientField, biased
 from dsnn_cli.models.integrators import INTEGRATORS
 from dsnn_cli.models.layers import Step
 from dsnn_cli.models.norms import FLOAT64_SLACK, conv_norm_bound
-from dsnn_cli.models.operators import RESCALING_EPS, aol_rescaled, gram_row_sums
+from dsnn_cli.models.operators import RESCALING_EPS, AOLConvOperator, gram_row_sums
 from dsnn_cli.models.orthogonal import (
     CachedTransform,
     CayleyConvOperator,
@@ -66,26 +66,21 @@ def float64_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 class AOLConv(nn.Module):
-    """x -> conv(x, K D) + b with AOL's rescaling D: ||conv(., K D)|| <= 1 for every K."""
+    """x -> conv(x, K D) + b with AOL's rescaling D (`operators.AOLConvOperator`):
+    ||conv(., K D)|| <= 1 for every K."""
 
     def __init__(self, channels: int, size: tuple[int, int], kernel_size: int, init: str = "dirac") -> None:
         super().__init__()
-        weight = torch.empty(channels, channels, kernel_size, kernel_size)
-        (nn.init.dirac_ if init == "dirac" else nn.init.orthogonal_)(weight)
-        self.weight = nn.Parameter(weight)
+        self.conv = AOLConvOperator(channels, channels, size, kernel_size)
+        with torch.no_grad():
+            (nn.init.dirac_ if init == "dirac" else nn.init.orthogonal_)(self.conv.weight)
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.size, self.padding = tuple(size), kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x):
-            kernel = aol_rescaled(self.weight)
-        return biased(F.conv2d(x, kernel.to(x.dtype), padding=self.padding), self.bias)
+        return biased(self.conv(x), self.bias)
 
     def lipschitz_factor(self, nominal: bool = False) -> float:
-        return 1.0 if nominal else conv_norm_bound(aol_rescaled(float64_weight(self.weight)), self.size)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]} channels, kernel={self.weight.shape[-1]}, input={self.size}, aol"
+        return 1.0 if nominal else self.conv.norm_bound()
 
 
 class SLLConv(nn.Module):
@@ -220,15 +215,19 @@ class BROConv(CachedTransform):
             )
 
     def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        with full_precision(x):
-            padded = F.pad(at_least_float32(x), (self.pad,) * 4)
-            spectrum = per_frequency(weight, torch.fft.rfft2(padded))
-            out = torch.fft.irfft2(spectrum, s=self.torus)
-            n1, n2 = self.size
-            return out[..., self.pad : self.pad + n1, self.pad : self.pad + n2].to(x.dtype)
+        return self.in_frequencies(x, weight)
 
     def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("a BRO layer is applied forwards only")
+        """A^T = crop^T C^T pad^T with crop^T = pad (zero filling): the same path with W(w)^H."""
+        return self.in_frequencies(y, weight.mH)
+
+    def in_frequencies(self, x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """Zero-pad to the torus, apply M(w) per frequency, read the n1 x n2 window back."""
+        with full_precision(x):
+            padded = F.pad(at_least_float32(x), (self.pad,) * 4)
+            out = torch.fft.irfft2(per_frequency(matrices, torch.fft.rfft2(padded)), s=self.torus)
+            n1, n2 = self.size
+            return out[..., self.pad : self.pad + n1, self.pad : self.pad + n2].to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return biased(self.apply_with(x, self.effective_weight()), self.bias)
