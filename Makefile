@@ -56,7 +56,7 @@ bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same pr
 bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for BUDGET_MINUTES (3) on ROOT (a CIFAR-10 copy); BENCH_ARGS="--set all"
 	$(BIN)/python benchmarks/bench_budget.py --minutes $(or $(BUDGET_MINUTES),3) $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
 
-bench-peers: $(BIN)/dsnn ## the field's layers (AOL, SLL, CPL, SOC, BRO, Cayley) beside ours, BUDGET_MINUTES (4) each on ROOT; BENCH_ARGS="--test" for the final table
+bench-peers: $(BIN)/dsnn ## the field's layers (AOL, SLL, CPL, SOC, BRO, Cayley) beside ours, BUDGET_MINUTES (4) each on ROOT; BENCH_ARGS="--test --test-pgd 1000 --out DIR" for the final table (rerun the same command to go on after a kill)
 	$(BIN)/python benchmarks/bench_budget.py --set peers --minutes $(or $(BUDGET_MINUTES),4) --pgd 500 $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)
 
 clean: ## remove caches (keeps .venv and outputs/)

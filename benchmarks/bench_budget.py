@@ -21,8 +21,9 @@ accuracy at 0.3 (`dsnn attack`'s default attack) on the same N of them for every
 recipe has been chosen; without --test the runs skip their final test (`trainer.test=false`),
 so a screen never reads a test image (and the float64 certification of 10,000 test images,
 minutes per candidate on a CPU, is not spent).
-Results also go to outputs/bench/<time>/budget.json, and each candidate's run directory sits
-beside it.
+Results also go to outputs/bench/<time>/budget.json (or --out), and each candidate's run
+directory sits beside it. A killed benchmark reruns with the same command and --out: finished
+candidates are kept, the one that was cut off trains again, and the table covers them all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import argparse
 import functools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -78,6 +81,7 @@ PRACH_TUNED = {
 }
 PEERS = {
     "lipschitz (default)": [],
+    "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
     **{
         f"convnet-XS {layer.upper() if layer != 'cayley' else 'Cayley'}": [
             "experiment=prach_cifar10",
@@ -89,7 +93,6 @@ PEERS = {
     },
     "lipschitz, BRO contractions": ["model.orthogonal_map=bro", "model.dense_orthogonal=bro"],
     "lipschitz, AOL expansions": ["model.expansive_operator=aol"],
-    "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
 }
 
 # One lever at a time against the default recipe (the ablation table of docs/benchmarks.md).
@@ -225,6 +228,38 @@ def validation_scores(run_dir: Path, n_pgd: int, root: str | None) -> dict[str, 
     return scores
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), as `lscpu` prints it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else "unknown"
+
+
+def run_name(candidate: str) -> str:
+    """A candidate's run directory: its name in lower-case words joined by '-'."""
+    return "-".join(re.findall(r"[a-z0-9.]+", candidate.lower()))
+
+
+def test_pgd(args: argparse.Namespace) -> int:
+    """How many test points PGD attacks with --test (--test-pgd, else --pgd)."""
+    return args.pgd if args.test_pgd is None else args.test_pgd
+
+
+def finished_results(path: Path, settings: dict) -> list[dict]:
+    """The candidates an earlier run into the same --out finished with the same settings: a
+    killed benchmark reruns with the same command and goes on with the next candidate."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    stated = {key: earlier.get(key) for key in settings}
+    if stated != settings:
+        sys.exit(f"bench_budget: error: {path} holds results for {stated}, not {settings}: use another --out")
+    return earlier["results"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per candidate")
@@ -241,6 +276,9 @@ def main() -> None:
     )
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--pgd", type=int, default=0, help="PGD at 0.3 on this many points (0: none)")
+    parser.add_argument(
+        "--test-pgd", type=int, help="with --test: PGD at 0.3 on this many test points (default: --pgd)"
+    )
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     parser.add_argument("--out", default=f"outputs/bench/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     args = parser.parse_args()
@@ -258,11 +296,16 @@ def main() -> None:
         "all": {**CANDIDATES, **ABLATIONS},
     }[args.set]
     out = Path(args.out)
-    results = []
+    settings = {"minutes": args.minutes, "test": args.test, "pgd": args.pgd, "test_pgd": test_pgd(args)}
+    results = finished_results(out / "budget.json", settings)
+    done = {r["candidate"] for r in results}
     for name, overrides in candidates.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or name in done:
             continue
-        run_dir = out / f"{len(results):02d}_{name.split(' ')[0].replace(',', '')}"
+        run_dir = out / run_name(name)
+        if run_dir.exists():  # a candidate killed before it finished starts again
+            print(f"bench_budget: {run_dir} is unfinished: training {name!r} again")
+            shutil.rmtree(run_dir)
         summary = run_train(compose_config("train", [*data, *budget, *overrides]), run_dir)
         certified = summary["certified"] or {}
         result = {
@@ -275,6 +318,8 @@ def main() -> None:
             **validation_scores(run_dir, args.pgd, args.root),
             "lipschitz_bound": summary["lipschitz_bound"],
             "run": str(run_dir),
+            "cpu": cpu_model(),  # a table resumed on another machine says so per candidate
+            "threads": torch.get_num_threads(),
         }
         if args.test:
             result.update(
@@ -284,13 +329,13 @@ def main() -> None:
                     "test_certified_72/255": certified.get("0.282353"),
                     "test_certified_108/255": certified.get("0.423529"),
                     "test_certified_0.3": certified.get("0.3"),
-                    "test_pgd_0.3": pgd_robust(run_dir, args.pgd, args.root),
+                    "test_pgd_0.3": pgd_robust(run_dir, test_pgd(args), args.root),
                     "n_test": summary["n_test"],
                 }
             )
         results.append(result)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "budget.json").write_text(json.dumps({"minutes": args.minutes, "results": results}, indent=2))
+        (out / "budget.json").write_text(json.dumps({**settings, "results": results}, indent=2))
     figures = [
         "clean",
         "certified_36/255",
