@@ -43,14 +43,10 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-import dsnn_cli
 from dsnn_cli.commands.attack import run_attack
-from dsnn_cli.commands.common import validation_points
+from dsnn_cli.commands.objectives import Figure, validation_figures
 from dsnn_cli.commands.train import run_train
 from dsnn_cli.console import percent, print_table
-from dsnn_cli.devices import exact_float32
-from dsnn_cli.robustness.attacks import ATTACKS
-from dsnn_cli.robustness.certificates import certify
 
 # The same budget, side by side: our method, the convex-potential baseline, the unconstrained one.
 CANDIDATES = {
@@ -201,31 +197,18 @@ def memory_probe(overrides: list[str]) -> None:
     print(round(high_water_mb() - before, 1))
 
 
-@exact_float32()
 def validation_scores(run_dir: Path, n_pgd: int, root: str | None) -> dict[str, float | None]:
     """Clean and certified accuracy of the run's final model on its validation images, and
-    PGD-robust accuracy at 0.3 on n_pgd of them (the attack `dsnn attack` runs by default)."""
-    model = dsnn_cli.load_model(run_dir).eval()
-    images, labels = validation_points(run_dir, None, root)
-    certification = certify(model, images, labels)
-    if certification is None:
-        logits = torch.cat([model(x).detach() for x in images.split(250)])
-        scores = {"val_clean": float((logits.argmax(1) == labels).float().mean())}
-        scores.update({f"val_certified_{name}": None for name in RADII})
-    else:
-        scores = {"val_clean": float(certification.correct.float().mean())}
-        scores.update(
-            {
-                f"val_certified_{name}": float(certification.certified(eps).float().mean())
-                for name, eps in RADII.items()
-            }
-        )
-    scores["val_pgd_0.3"] = None
-    if n_pgd:
-        images, labels = validation_points(run_dir, n_pgd, root)
-        outcome = ATTACKS["pgd"](model, images, labels, 0.3)
-        scores["val_pgd_0.3"] = float(outcome.robust.float().mean())
-    return scores
+    PGD-robust accuracy at 0.3 on n_pgd of them (the attack `dsnn attack` runs by default): the
+    figures `sweep.objective` scores, from the same code."""
+    figures = [Figure("val_acc"), *(Figure("certified", eps) for eps in RADII.values())]
+    figures += [Figure("pgd", 0.3)] if n_pgd else []
+    scores = validation_figures(run_dir, figures, pgd_points=n_pgd, data_root=root)
+    return {
+        "val_clean": scores["val_acc"],
+        **{f"val_certified_{name}": scores[Figure("certified", eps).name] for name, eps in RADII.items()},
+        "val_pgd_0.3": scores.get(Figure("pgd", 0.3).name),
+    }
 
 
 def cpu_model() -> str:

@@ -88,11 +88,28 @@ def run_command(command: str, overrides: list[str]) -> None:
 
 
 def sweep_argv(overrides: list[str]) -> list[str]:
-    """`sweep.attack=X` chooses the attack group option X (`none` skips the attack)."""
-    return [
-        "attack=" + item.partition("=")[2] if item.partition("=")[0] == "sweep.attack" else item
-        for item in overrides
-    ]
+    """`sweep.attack=X` chooses the attack group option X (`none` skips the attack);
+    `hydra/sweeper=optuna` is dsnn's resumable extension of the plugin's config (the plugin's
+    own minimises and restarts its study's job numbers at 0: conf/hydra/sweeper/dsnn_optuna.yaml)."""
+    rewritten = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "sweep.attack":
+            item = f"attack={value}"
+        elif key.lstrip("+") == "hydra/sweeper" and value == "optuna":
+            require_optuna_plugin()
+            item = f"{key}=dsnn_optuna"
+        rewritten.append(item)
+    return rewritten
+
+
+def require_optuna_plugin() -> None:
+    import importlib.util
+
+    from dsnn_cli.errors import UsageError
+
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        raise UsageError("hydra/sweeper=optuna needs the Optuna sweeper: pip install 'dsnn[tune]'")
 
 
 def attack_argv(overrides: list[str]) -> list[str]:

@@ -106,7 +106,7 @@ def test_every_attack_option(attack):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_builds_at_tiny_size(experiment):
-    primary = "sweep" if experiment.startswith("paper_table") else "train"  # table presets are sweeps
+    primary = "sweep" if experiment.startswith(("paper_table", "tune_")) else "train"  # sweep presets
     cfg = compose_config(primary, [f"experiment={experiment}", "debug=smoke"])
     if cfg.data.name in VECTOR_DATA:
         data = load_data({**OmegaConf.to_container(cfg.data), "n_train": 20, "n_test": 10, "val_size": 5})

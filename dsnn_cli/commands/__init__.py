@@ -13,12 +13,15 @@ from typing import Any
 FAILURES: list[BaseException] = []
 
 
-def guarded(task: Callable[[Any], None]) -> Callable[[Any], None]:
+def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The task's return value (a sweeper such as Optuna's reads it), or None after an error."""
+
     @functools.wraps(task)
-    def run(cfg: Any) -> None:
+    def run(cfg: Any) -> Any:
         try:
-            task(cfg)
+            return task(cfg)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the dispatcher
             FAILURES.append(exc)
+            return None
 
     return run

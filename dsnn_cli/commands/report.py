@@ -15,6 +15,8 @@ Files written into the report directory:
 - ``report.csv`` and ``report.md``: one row per run (failed and running runs included);
 - ``report_groups.csv`` and a "by configuration" section in ``report.md``, when some runs
   share a config that differs only in ``seed``: mean and sample std over the seeds;
+- ``report_trials.csv`` and a "trials" section in ``report.md``, when jobs of a tuning sweep
+  scored ``sweep.objective``: the trials best first and the best configuration as a command;
 - ``report_compare.md`` and ``report_compare.csv`` with ``compare=true``: the paper's weak
   10-step attack against the strongest attack of the same run, eps by eps;
 - ``report.png`` (robust and certified accuracy against eps) and ``adversarial.png``
@@ -36,6 +38,7 @@ from dsnn_cli.report.groups import GroupTable, build_group_table, group_runs
 from dsnn_cli.report.pictures import write_accuracy_plot, write_adversarial_plot
 from dsnn_cli.report.runs import PAPER_ATTACK, STRONG_ATTACKS, RunRecord, collect_runs, log, robust_auc
 from dsnn_cli.report.tables import build_table, print_table, to_csv, to_markdown
+from dsnn_cli.report.trials import TrialTable, trial_cell, trial_markdown, trial_table
 from dsnn_cli.rundir import SUMMARY, atomic_write_text
 
 __all__ = ["collect_runs", "compare_rows", "robust_auc", "run_report"]
@@ -54,12 +57,15 @@ def run_report(root: Path | str, compare: bool = False) -> tuple[list[str], list
     group_table = (
         build_group_table(groups, columns, rows) if any(len(g.members) > 1 for g in groups) else None
     )
+    trials = trial_table(records, root)
     written = [root / "report.csv", root / "report.md"]
     atomic_write_text(root / "report.csv", to_csv(columns, rows))
     sections = [group_table.markdown()] if group_table else []
+    sections += [trial_markdown(trials)] if trials else []
     atomic_write_text(root / "report.md", to_markdown(columns, rows, sections))
     print_table(f"dsnn report: {root} ({len(rows)} runs; accuracies in %)", columns, rows)
     written += write_groups(root, group_table)
+    written += write_trials(root, trials)
     if compare:
         written += write_compare(root, records)
     written += [
@@ -83,6 +89,28 @@ def write_groups(root: Path, table: GroupTable | None) -> list[Path]:
         table.rows,
         table.markdown_cell,
     )
+    return [path]
+
+
+def write_trials(root: Path, table: TrialTable | None) -> list[Path]:
+    """report_trials.csv and the trials table of a tuning sweep, best first, with the best
+    configuration as a `dsnn train` command."""
+    path = root / "report_trials.csv"
+    if table is None:
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write_text(path, to_csv(table.columns, table.rows))
+    print_table(
+        f"trials: {table.objective} on the validation split, best first (figures in %)",
+        table.columns,
+        table.rows,
+        trial_cell,
+    )
+    from rich.console import Console
+
+    Console().print(f"best configuration: {table.best_command}", soft_wrap=True)
+    if (root / "study.db").is_file():
+        Console().print(f"the Optuna study: optuna-dashboard sqlite:///{root / 'study.db'}", soft_wrap=True)
     return [path]
 
 

@@ -1,7 +1,9 @@
 """`dsnn sweep`: one train + attack job per grid point, and the sweep's report at the end.
 
 A failed job is recorded (``status: failed`` in its summary) and does not stop the others.
-Running the same sweep again into the same ``hydra.sweep.dir`` skips finished jobs.
+Running the same sweep again into the same ``hydra.sweep.dir`` skips finished jobs. With
+`sweep.objective` each job also scores that validation figure and returns it: what
+`hydra/sweeper=optuna` (commands/tuning.py) maximises.
 """
 
 from __future__ import annotations
@@ -156,18 +158,54 @@ def unfinished_jobs(sweep_dir: Path) -> list[str]:
 
 
 def unfinished_jobs_message(sweep_dir: Path, failed: list[str]) -> str:
+    retry = (
+        "the study keeps them as failed trials: rerun with a larger hydra.sweeper.n_trials for others"
+        if (sweep_dir / "study.db").is_file()
+        else "rerun the sweep into the same hydra.sweep.dir to retry them"
+    )
     return (
         f"{len(failed)} job(s) of the sweep in {sweep_dir} did not finish: {', '.join(failed)} "
-        "(their summary.json says why; the report covers the others); rerun the sweep into the "
-        "same hydra.sweep.dir to retry them"
+        f"(their summary.json says why; the report covers the others); {retry}"
     )
+
+
+def job_objective(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float | None:
+    """The job's `sweep.objective` on its validation split (None without one, or when the job
+    did not finish): what `hydra/sweeper=optuna` maximises, recorded in summary.json."""
+    from dsnn_cli.commands.objectives import parse_objective, record_objective
+
+    if cfg.sweep.objective is None or not current_world().main:
+        return None
+    objective = parse_objective(cfg.sweep.objective)
+    return record_objective(output_dir, objective, overrides, cfg.sweep.objective_points)
+
+
+def register_optuna_sweeper() -> None:
+    """Make `hydra/sweeper=optuna` (hydra_plugins.dsnn_optuna_sweeper) known to Hydra: its plugin
+    scan walks installed packages only, and misses an editable install's (`make install`)."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.dsnn_optuna_sweeper import DsnnOptunaSweeper
+    except ImportError:  # dsnn installed without its hydra_plugins package
+        return
+    Plugins.instance().register(DsnnOptunaSweeper)
+
+
+register_optuna_sweeper()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dsnn_cli.conf", config_name="sweep")
 @guarded
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point of `dsnn sweep`."""
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point of `dsnn sweep`: runs the job, returns its objective (if any)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from dsnn_cli.commands.objectives import parse_objective
+
+    if cfg.sweep.objective is not None:
+        parse_objective(cfg.sweep.objective)  # a bad objective stops the job before it trains
     hydra_config = HydraConfig.get()
-    run_sweep_job(cfg, Path(hydra_config.runtime.output_dir), int(hydra_config.job.get("num") or 0))
+    output_dir = Path(hydra_config.runtime.output_dir)
+    run_sweep_job(cfg, output_dir, int(hydra_config.job.get("num") or 0))
+    return job_objective(cfg, output_dir, list(hydra_config.overrides.task))

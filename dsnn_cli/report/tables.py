@@ -136,7 +136,7 @@ def short_name(column: str) -> str:
     return SHORT_NAMES.get(column, column)
 
 
-LEFT_ALIGNED = {"run", "model", "data", "status", "group", "strong_attack"}
+LEFT_ALIGNED = {"run", "model", "data", "status", "group", "strong_attack", "trial", "overrides"}
 
 
 def print_table(title: str, columns: list[str], rows: list[dict[str, Any]], cell=None) -> None:
