@@ -221,6 +221,12 @@ def cpu_model() -> str:
     return names[0] if names else "unknown"
 
 
+def git_commit() -> str | None:
+    """The checkout's commit, as the runs' summaries record it."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return found.stdout.strip() or None
+
+
 def run_name(candidate: str) -> str:
     """A candidate's run directory: its name in lower-case words joined by '-'."""
     return "-".join(re.findall(r"[a-z0-9.]+", candidate.lower()))
@@ -301,7 +307,8 @@ def main() -> None:
             **validation_scores(run_dir, args.pgd, args.root),
             "lipschitz_bound": summary["lipschitz_bound"],
             "run": str(run_dir),
-            "cpu": cpu_model(),  # a table resumed on another machine says so per candidate
+            "cpu": cpu_model(),  # a table resumed on another machine or commit says so per candidate
+            "commit": git_commit(),
             "threads": torch.get_num_threads(),
         }
         if args.test:

@@ -229,6 +229,30 @@ def test_an_unfinished_run_continues_only_with_resume(tmp_path, monkeypatch):
     assert [row["epoch"] for row in rows] == [1]  # no duplicate rows from a restart
 
 
+def test_a_run_cut_off_before_its_first_checkpoint_resumes_without_its_stale_row(tmp_path, monkeypatch):
+    """Killed between the first metrics row and the first checkpoint: trainer.resume=true starts
+    again from scratch, and the row of the lost epoch goes with it (one row per epoch)."""
+    cfg = compose_config("train", [*TINY, "model=resnet", "trainer.limit_batches=2", "trainer.max_epochs=2"])
+    import dsnn_cli.training.loop as training
+
+    real_save = training.save_training_state
+
+    def stop_before_saving(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_training_state", stop_before_saving)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, tmp_path / "run")
+    assert [row["epoch"] for row in RunDir(tmp_path / "run").metrics()] == [1]  # no checkpoint
+    monkeypatch.setattr(training, "save_training_state", real_save)
+    resumed = compose_config(
+        "train", [*TINY, "model=resnet", "trainer.limit_batches=2", "trainer.max_epochs=2"]
+    )
+    resumed.trainer.resume = True
+    run_train(resumed, tmp_path / "run")
+    assert [row["epoch"] for row in RunDir(tmp_path / "run").metrics()] == [1, 2]
+
+
 def interrupted_after_epochs(cfg, run_dir, monkeypatch, overrides=None, epochs: int = 2) -> None:
     """Train until the checkpoint of `epochs`, then stop as a SIGTERM would."""
     import dsnn_cli.training.loop as training

@@ -36,6 +36,7 @@ from dsnn_cli.robustness.attacks import attack_settings, build_attack
 from dsnn_cli.robustness.certificates import certify, check_radii, format_eps, parse_eps
 from dsnn_cli.rundir import atomic_write_json, read_json
 from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dsnn_cli.training.loggers import log_to_tracked_run
 
 log = logging.getLogger("dsnn.attack")
 
@@ -116,7 +117,20 @@ def run_attack(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     atomic_write_json(attack_path(run_dir, attack_cfg["name"]), record)
     save_examples(run_dir, attack_cfg["name"], examples, model.config["data_info"].get("classes"))
     print_attack_table(run_dir, record)
+    log_to_tracked_run(run_dir, attack_metrics(record))
     return record
+
+
+def attack_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """An attack record's figures as tracker metrics: attack/<name>/robust/<eps> and its clean."""
+    name = record["attack"]
+    metrics = {}
+    for result in record["results"]:
+        eps = format_eps(result["eps"])
+        metrics[f"attack/{name}/robust/{eps}"] = result["robust"]
+        metrics[f"attack/{name}/certified/{eps}"] = result["certified"]
+        metrics[f"attack/{name}/clean"] = result["clean"]
+    return metrics
 
 
 EXAMPLES_PER_EPS = 8

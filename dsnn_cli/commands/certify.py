@@ -34,6 +34,7 @@ from dsnn_cli.robustness.certificates import (
 )
 from dsnn_cli.rundir import atomic_write_json
 from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dsnn_cli.training.loggers import log_to_tracked_run
 
 
 @exact_float32()  # certificates are stated for exact float32 and float64 arithmetic
@@ -85,6 +86,14 @@ def run_certify(cfg) -> dict[str, Any]:
     }
     atomic_write_json(run_dir / "certify.json", record)
     print_certify_table(run_dir, record)
+    log_to_tracked_run(
+        run_dir,
+        {
+            "certify/clean": mean(correct),
+            "certify/lipschitz_bound": record["lipschitz_bound"],
+            **{f"certify/certified/{format_eps(r['eps'])}": r["certified"] for r in results},
+        },
+    )
     return record
 
 

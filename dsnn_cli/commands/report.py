@@ -40,6 +40,7 @@ from dsnn_cli.report.runs import PAPER_ATTACK, STRONG_ATTACKS, RunRecord, collec
 from dsnn_cli.report.tables import build_table, print_table, to_csv, to_markdown
 from dsnn_cli.report.trials import TrialTable, trial_cell, trial_markdown, trial_table
 from dsnn_cli.rundir import SUMMARY, atomic_write_text
+from dsnn_cli.training.loggers import log_to_tracked_run
 
 __all__ = ["collect_runs", "compare_rows", "robust_auc", "run_report"]
 
@@ -68,9 +69,12 @@ def run_report(root: Path | str, compare: bool = False) -> tuple[list[str], list
     written += write_trials(root, trials)
     if compare:
         written += write_compare(root, records)
-    written += [
+    pictures = [
         p for p in (write_accuracy_plot(root, records, groups), write_adversarial_plot(root, records)) if p
     ]
+    written += pictures
+    for record in records:  # runs tracked in MLflow get the report's pictures as artifacts
+        log_to_tracked_run(record.path, {}, pictures)
     from rich.console import Console
 
     Console().print("wrote " + ", ".join(str(p) for p in written))

@@ -336,6 +336,8 @@ def fit(
         if world.main:
             run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
+    elif world.main:  # a run cut off before its first checkpoint starts again: so do its rows
+        run.reset_metrics(0)
     augment = isinstance(data, ImageData) and recipe.augment
     reads = DeviceReads(world, logger)
     with progress_bar(trainer.progress) as bar, training_arithmetic(device, trainer.deterministic):
@@ -438,8 +440,8 @@ def optimise(
 def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool) -> None:
     """The epoch's row, checkpoints and summary, in the order a resumed run relies on."""
     run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
-    logger.epoch(row["epoch"], row)
     save_training_state(run, model, optimizer, generator, state, best=improved)
+    logger.epoch(row["epoch"], row)  # after it: a logger never shows an epoch a resume redoes
     run.update(
         epochs=row["epoch"],
         val_acc=row.get("val_acc"),
