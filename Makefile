@@ -43,12 +43,12 @@ smoke: $(BIN)/dsnn ## a CPU smoke run on synthetic data
 
 lint: $(BIN)/dsnn ## ruff lint and format check, layer contracts
 	$(BIN)/lint-imports
-	$(BIN)/ruff check dsnn_cli tests benchmarks
-	$(BIN)/ruff format --check dsnn_cli tests benchmarks
+	$(BIN)/ruff check dsnn_cli tests benchmarks hydra_plugins
+	$(BIN)/ruff format --check dsnn_cli tests benchmarks hydra_plugins
 
 format: $(BIN)/dsnn ## ruff format and autofix
-	$(BIN)/ruff format dsnn_cli tests benchmarks
-	$(BIN)/ruff check --fix dsnn_cli tests benchmarks
+	$(BIN)/ruff format dsnn_cli tests benchmarks hydra_plugins
+	$(BIN)/ruff check --fix dsnn_cli tests benchmarks hydra_plugins
 
 bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process)
 	$(BIN)/python benchmarks/bench_training.py
