@@ -39,6 +39,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     )
 
 
+def kill_cli_when(ready, *args: str, timeout: float = 300) -> int:
+    """Start `dsnn ARGS` in its own process group, SIGKILL the whole group as soon as `ready()`
+    holds (or the command ends, or `timeout` s pass), and return its exit status."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV}
+    env.pop("DSNN_DEBUG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsnn_cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    return process.returncode
+
+
 def train_tiny(tmp_path_factory, model: str, epochs: int) -> Path:
     """Train `model` on tiny synthetic data for whole epochs; returns the run directory."""
     from dsnn_cli.commands.train import run_train

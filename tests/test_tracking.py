@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import yaml
-from conftest import REPO, SUBPROCESS_ENV, TINY, compose_config, run_cli
+from conftest import TINY, compose_config, kill_cli_when, run_cli
 
 from dsnn_cli.commands.attack import run_attack
 from dsnn_cli.commands.certify import run_certify
@@ -83,24 +80,8 @@ def test_a_killed_and_resumed_run_stays_one_mlflow_run_with_each_epoch_once(tmp_
         "trainer.max_epochs=6",
         f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV}
-    env.pop("DSNN_DEBUG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dsnn_cli", "train", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not RunDir(run_dir).metrics() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL  # cut off after its first epoch, before the sixth
+    status = kill_cli_when(lambda: bool(RunDir(run_dir).metrics()), "train", *args)
+    assert status == -signal.SIGKILL  # cut off after its first epoch, before the sixth
     resumed = run_cli("train", *args, "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr
     client, run = client_and_run(run_dir)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import REPO, SUBPROCESS_ENV, TINY, run_cli
+from conftest import TINY, kill_cli_when, run_cli
 from test_cli import assert_one_line_error
 
 from dsnn_cli.commands.objectives import Figure, parse_objective
@@ -76,24 +72,8 @@ def test_a_four_trial_study_records_four_complete_trials_and_the_report_names_th
 
 def test_a_study_killed_during_its_third_trial_continues_without_duplicates(tmp_path):
     sweep = tmp_path / "study"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV}
-    env.pop("DSNN_DEBUG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dsnn_cli", *study_args(sweep)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (sweep / "2").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    status = kill_cli_when(lambda: (sweep / "2").exists(), *study_args(sweep))
+    assert status == -signal.SIGKILL  # cut off during trial 3
     cut = load_trials(sweep)
     assert [t.state.name for t in cut] == ["COMPLETE", "COMPLETE", "RUNNING"]
     rerun = run_cli(*study_args(sweep))
