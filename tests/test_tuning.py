@@ -7,6 +7,7 @@ import json
 import signal
 
 import pytest
+import torch
 from conftest import TINY, kill_cli_when, run_cli
 from test_cli import assert_one_line_error
 
@@ -107,3 +108,29 @@ def test_a_study_refuses_to_continue_with_another_objective(tmp_path):
     other = run_cli(*study_args(sweep, "hydra.sweeper.n_trials=2", "sweep.objective=certified@36/255"))
     assert_one_line_error(other, 2, "maximises val_acc")
     assert len(load_trials(sweep)) == 1
+
+
+def test_the_pgd_figure_attacks_the_points_validation_points_chooses(tmp_path, monkeypatch):
+    """One decode of the validation split: the PGD subset taken from it is the one
+    validation_points(run, n) loads."""
+    from conftest import compose_config
+
+    from dsnn_cli.commands.common import validation_points
+    from dsnn_cli.commands.objectives import validation_figures
+    from dsnn_cli.commands.train import run_train
+    from dsnn_cli.robustness.attacks import ATTACKS
+
+    run_train(compose_config("train", [*TINY, "trainer.test=false"]), tmp_path / "run")
+    attacked = []
+    pgd = ATTACKS["pgd"]
+
+    def recording(model, images, labels, eps):
+        attacked.append((images, labels))
+        return pgd(model, images, labels, eps)
+
+    monkeypatch.setattr("dsnn_cli.commands.objectives.ATTACKS", {"pgd": recording})
+    validation_figures(tmp_path / "run", [Figure("pgd", 0.05)], pgd_points=20)
+    images, labels = validation_points(tmp_path / "run", 20)
+    ((got_images, got_labels),) = attacked
+    assert len(labels) == 20
+    assert torch.equal(got_images, images) and torch.equal(got_labels, labels)

@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
-from dsnn_cli.commands.common import mean, validation_points
+from dsnn_cli.commands.common import mean, run_data_config, validation_points
 from dsnn_cli.console import eps_label
+from dsnn_cli.data.subsets import stratified_subset
 from dsnn_cli.devices import exact_float32
 from dsnn_cli.errors import UsageError
+from dsnn_cli.models.inference import predict
 from dsnn_cli.robustness.attacks import ATTACKS
 from dsnn_cli.robustness.certificates import certify, parse_eps
 from dsnn_cli.rundir import RunDir
@@ -95,6 +97,10 @@ def validation_figures(
     images, labels = validation_points(run_dir, None, data_root)
     wanted = {figure.kind for figure in figures}
     certification = certify(model, images, labels) if wanted & {"val_acc", "certified"} else None
+    if "pgd" in wanted:  # the points validation_points(run_dir, pgd_points) gives, not decoded again
+        seed = int(run_data_config(run_dir, data_root)["subset_seed"])
+        chosen = stratified_subset(labels, pgd_points, seed)
+        attacked = images[chosen], labels[chosen]
     scores: dict[str, float | None] = {}
     for figure in figures:
         if figure.kind == "val_acc":
@@ -102,8 +108,7 @@ def validation_figures(
         elif figure.kind == "certified":
             scores[figure.name] = None if certification is None else mean(certification.certified(figure.eps))
         else:
-            subset, subset_labels = validation_points(run_dir, pgd_points, data_root)
-            scores[figure.name] = mean(ATTACKS["pgd"](model, subset, subset_labels, figure.eps).robust)
+            scores[figure.name] = mean(ATTACKS["pgd"](model, *attacked, figure.eps).robust)
     return scores
 
 
@@ -111,8 +116,7 @@ def clean_accuracy(model, images, labels, certification) -> float:
     if certification is not None:
         return mean(certification.correct)
     with torch.no_grad():
-        logits = torch.cat([model(x) for x in images.split(250)])
-    return mean(logits.argmax(1) == labels)
+        return mean(predict(model, images.split(250)).argmax(1) == labels)
 
 
 def record_objective(

@@ -169,14 +169,13 @@ def unfinished_jobs_message(sweep_dir: Path, failed: list[str]) -> str:
     )
 
 
-def job_objective(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float | None:
-    """The job's `sweep.objective` on its validation split (None without one, or when the job
-    did not finish): what `hydra/sweeper=optuna` maximises, recorded in summary.json."""
-    from dsnn_cli.commands.objectives import parse_objective, record_objective
+def job_objective(cfg: DictConfig, objective, output_dir: Path, overrides: list[str]) -> float | None:
+    """The job's `objective` on its validation split (None without one, or when the job did not
+    finish): what `hydra/sweeper=optuna` maximises, recorded in summary.json."""
+    from dsnn_cli.commands.objectives import record_objective
 
-    if cfg.sweep.objective is None or not current_world().main:
+    if objective is None or not current_world().main:
         return None
-    objective = parse_objective(cfg.sweep.objective)
     return record_objective(output_dir, objective, overrides, cfg.sweep.objective_points)
 
 
@@ -203,9 +202,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from dsnn_cli.commands.objectives import parse_objective
 
-    if cfg.sweep.objective is not None:
-        parse_objective(cfg.sweep.objective)  # a bad objective stops the job before it trains
+    # parsed before training: a bad objective stops the job before it trains
+    objective = None if cfg.sweep.objective is None else parse_objective(cfg.sweep.objective)
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     run_sweep_job(cfg, output_dir, int(hydra_config.job.get("num") or 0))
-    return job_objective(cfg, output_dir, list(hydra_config.overrides.task))
+    return job_objective(cfg, objective, output_dir, list(hydra_config.overrides.task))
