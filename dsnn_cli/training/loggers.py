@@ -27,7 +27,7 @@ from dsnn_cli.rundir import RunDir, atomic_write_text
 
 LOGGERS: Registry[type] = Registry("logger")
 MLFLOW_RECORD = "mlflow.json"  # in a run directory: the tracking URI and the MLflow run's id
-DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
+DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"  # relative to where dsnn runs
 MLFLOW_PARAM_LIMIT = 6000  # characters of a parameter value MLflow stores
 MLFLOW_BATCH = 100  # parameters or tags per log_batch call
 
@@ -237,23 +237,29 @@ class TrackedRun:
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a SQLite tracking URI, or None for another store (a tracking server)."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
 def absolute_tracking_uri(uri: str) -> str:
     """A SQLite URI with an absolute path (its folder created), so that later commands run from
     anywhere find the same store; other URIs (a tracking server) as given."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    path = sqlite_path(uri)
+    if path is None:
         return uri
-    path = Path(uri[len(prefix) :]).expanduser().resolve()
+    path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return prefix + str(path)
+    return SQLITE + str(path)
 
 
 def artifact_location(tracking_uri: str) -> str | None:
     """Artifacts beside a SQLite store (its folder's mlartifacts/); a server chooses its own."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    return (Path(tracking_uri[len(prefix) :]).parent / "mlartifacts").as_uri()
+    path = sqlite_path(tracking_uri)
+    return None if path is None else (path.parent / "mlartifacts").as_uri()
 
 
 def log_to_tracked_run(run_dir: Path, metrics: Mapping[str, Any], artifacts: Iterable[Path] = ()) -> None:
