@@ -19,7 +19,8 @@ logit and every x' near the data,
 and the float32 margin at any x' within the radius stays >= z64 margin(x') - 2 delta > 0.
 
 delta is a stated bound, not a proof: LOGIT_ERROR_SAFETY (10) times the largest deviation
-|z32 - z64| measured over the certified points themselves on the device that certifies, and
+|z32 - z64| measured over the points it may certify (those the float32 model classifies
+correctly) on the device that certifies, and
 never below LOGIT_ERROR_FLOOR relative to the largest logit. Tests check it against the
 deviations at points the attacks reach inside the certified balls of trained models, where no
 float32 attack may break a certified point; a float32 break of a certified point is an error.
@@ -122,9 +123,9 @@ class Certification:
     """Certified radii of a set of points for the float32 model as it runs."""
 
     certificate: PairwiseCertificate
-    measured_error: float  # largest |z32 - z64| over the points
+    measured_error: float  # largest |z32 - z64| over the correctly classified points
     logits: torch.Tensor  # (N, C) the deployed float32 model's logits, on the CPU
-    reference_logits: torch.Tensor  # (N, C) the float64 copy's
+    reference_logits: torch.Tensor  # (N, C) the float64 copy's; NaN where float32 is wrong
     radii: torch.Tensor  # (N,) float64; <= 0 where not certified at any radius
     correct: torch.Tensor  # (N,) bool: the float32 model predicts the label
 
@@ -170,22 +171,31 @@ def certify(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Certification | None:
     """Certify `images` for the float32 `model` (in eval mode) on `device`, or None for a model
-    without a certificate. Runs the float32 model and a float64 copy once over the points.
+    without a certificate. Runs the float32 model over every point and the float64 copy over
+    the points the float32 model classifies correctly, the only ones a radius can certify (the
+    float64 pass is the slow one: a weak model's misclassified points are not spent on). The
+    others keep NaN reference logits and radius -inf.
     """
     reference = float64_copy(model)
     rule = pairwise_certificate(reference)
     if rule is None:
         return None
     labels = labels.cpu()
-    wide = float64_device(device)
-    reference_logits = predict(reference.to(wide), images.split(batch_size), device=wide, dtype=torch.float64)
     logits = predict(
         model, images.split(batch_size), device=device, dtype=torch.float32, memory_format=memory_format
     )
-    measured = float((logits.double() - reference_logits).abs().max()) if len(labels) else 0.0
-    rule = replace(rule, logit_error=logit_error_bound(measured, reference_logits))
-    radii = rule.radii(reference_logits, labels)
     correct = logits.argmax(1) == labels
+    wide = float64_device(device)
+    reference_logits = torch.full_like(logits, math.nan, dtype=torch.float64)
+    radii = torch.full((len(labels),), -math.inf, dtype=torch.float64)
+    measured = 0.0
+    if bool(correct.any()):
+        chosen = images[correct.to(images.device)].split(batch_size)
+        chosen_logits = predict(reference.to(wide), chosen, device=wide, dtype=torch.float64)
+        reference_logits[correct] = chosen_logits
+        measured = float((logits[correct].double() - chosen_logits).abs().max())
+    rule = replace(rule, logit_error=logit_error_bound(measured, reference_logits[correct]))
+    radii[correct] = rule.radii(reference_logits[correct], labels[correct])
     return Certification(rule, measured, logits, reference_logits, radii, correct)
 
 
