@@ -50,8 +50,9 @@ format: $(BIN)/dsnn ## ruff format and autofix
 	$(BIN)/ruff format dsnn_cli tests benchmarks hydra_plugins
 	$(BIN)/ruff check --fix dsnn_cli tests benchmarks hydra_plugins
 
-bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process)
+bench: $(BIN)/dsnn ## speed benchmarks (ratios against a baseline in the same process; share of the matmul peak)
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_peak.py
 
 bench-budget: $(BIN)/dsnn ## accuracy per CPU-minute: each recipe for BUDGET_MINUTES (3) on ROOT (a CIFAR-10 copy); BENCH_ARGS="--set all"
 	$(BIN)/python benchmarks/bench_budget.py --minutes $(or $(BUDGET_MINUTES),3) $(if $(ROOT),--root $(ROOT)) $(BENCH_ARGS)

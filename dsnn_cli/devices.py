@@ -4,7 +4,8 @@ of image batches, copies to the device, and the precision policy.
 Precision policy (GPUs; on a CPU only bf16 autocast applies):
 
 * Training (`dsnn train`, inside `training_arithmetic`): float32 weights and optimiser state;
-  with `trainer.precision=bf16` the forward pass runs under bfloat16 autocast and the
+  with `trainer.precision=bf16` (or `auto` on a device with bf16 matrix hardware,
+  `training_precision`) the forward pass runs under bfloat16 autocast and the
   activations stay bfloat16 from the stem to the head (biases are cast to them; the loss is
   taken in float32). What the constraints need in float32 stays float32: the Cayley
   transforms (a solve per block or frequency), the FFTs of Cayley convolutions and the power
@@ -90,6 +91,37 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and tensor.device.type == "cpu":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """The precision a run trains in: `auto` is bf16 where the device multiplies bf16 matrices
+    in hardware (CUDA compute capability 8.0 and later; a CPU with AMX-BF16), else "32" (on a
+    CPU without a bf16 matrix engine bf16 products are emulated and slower than float32)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_bf16_matrix_engine(device) else "32"
+
+
+def has_bf16_matrix_engine(device: torch.device) -> bool:
+    """Whether `device` has bf16 matrix hardware: tensor cores (CUDA 8.0+) or Intel AMX-BF16
+    (the CPU flag `amx_bf16`, read from /proc/cpuinfo on Linux; False where it is unreadable)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return "amx_bf16" in cpu_flags()
+    return False
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo), empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

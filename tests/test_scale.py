@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import platform
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, compose_config, run_cli
 
+from dsnn_cli import devices
 from dsnn_cli.commands.train import run_train
 from dsnn_cli.errors import UsageError
 from dsnn_cli.rundir import RunDir
@@ -69,18 +73,43 @@ def test_memory_is_reported_and_does_not_grow_over_epochs(tmp_path):
     assert RunDir(run_dir).summary["peak_memory_mb"] >= max(resident)
 
 
-def test_bf16_training_runs_in_bfloat16_and_certifies_in_float64(tmp_path):
+def test_bf16_training_runs_in_bfloat16_and_certifies_in_float64(tmp_path, monkeypatch):
     runs = {}
     for precision in ("32", "bf16"):
         runs[precision] = run_train(
             compose_config("train", [*SHORT, f"trainer.precision={precision}"]), tmp_path / precision
         )
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "amx_bf16"})  # a CPU with AMX-BF16
+    runs["auto"] = run_train(compose_config("train", [*SHORT, "trainer.precision=auto"]), tmp_path / "auto")
     losses = {p: [r["train_loss"] for r in RunDir(tmp_path / p).metrics()] for p in runs}
     assert losses["32"] != losses["bf16"]  # autocast was really on
+    assert losses["auto"] == losses["bf16"] and runs["auto"]["precision"] == "bf16"
+    assert runs["32"]["precision"] == "32"
+    assert "precision: auto" in (tmp_path / "auto" / "config.yaml").read_text()  # the choice as asked
     assert all(loss == loss for loss in losses["bf16"])  # finite (NaN != NaN)
     bf16 = runs["bf16"]
     assert bf16["status"] == "done" and bf16["lipschitz_bound"] <= 1 + 1e-5
     assert bf16["certified"] and "precision: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [({"avx2", "fma"}, "32"), ({"avx512f", "amx_tile", "amx_bf16"}, "bf16"), (set(), "32")],
+)
+def test_auto_precision_is_bf16_only_on_a_cpu_with_a_bf16_matrix_engine(flags, expected, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
+    assert devices.training_precision("auto", torch.device("cpu")) == expected
+    assert devices.training_precision("32", torch.device("cpu")) == "32"  # an explicit choice stays
+    assert devices.training_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not Path("/proc/cpuinfo").is_file(), reason="x86 Linux flags"
+)
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = devices.cpu_flags()
+    assert {"fpu", "sse2"} <= flags  # every x86-64 CPU has them
+    assert ("amx_bf16" in flags) == ("amx_bf16" in Path("/proc/cpuinfo").read_text())
 
 
 @pytest.mark.parametrize("value", ["16", "fp8", "true"])

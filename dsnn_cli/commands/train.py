@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,13 @@ from dsnn_cli.config import setting, to_plain
 from dsnn_cli.console import eps_label, percent, print_table
 from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
-from dsnn_cli.devices import exact_float32, memory_format, peak_memory_mb, resolve_device
+from dsnn_cli.devices import (
+    exact_float32,
+    memory_format,
+    peak_memory_mb,
+    resolve_device,
+    training_precision,
+)
 from dsnn_cli.distributed import current_world, join, leave, main_first
 from dsnn_cli.errors import UsageError, describe, sigterm_interrupts
 from dsnn_cli.models.inference import predict
@@ -108,6 +114,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
         )
     world = current_world()
     device = join(world, resolve_device(trainer.device))
+    trainer = replace(trainer, precision=training_precision(trainer.precision, device))
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(settings.recipe.seed)
@@ -132,7 +139,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
             {"command": "train", "model": cfg.model.name, "data": cfg.data.name, "loss": cfg.loss.name},
         )
         log.info(
-            "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s, run dir %s",
+            "model=%s (%d parameters) data=%s: %d train / %d val / %d test examples, device %s (%s), "
+            "run dir %s",
             cfg.model.name,
             n_params,
             cfg.data.name,
@@ -140,6 +148,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
             len(data.val or []),
             len(data.test),
             device,
+            "float32" if trainer.precision == "32" else "bf16 autocast",
             run.path,
         )
         try:
@@ -169,6 +178,7 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
                 "divergence_retries": state["retries"],
                 "images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 1),
                 "peak_memory_mb": peak_memory_mb(device),
+                "precision": trainer.precision,
                 "ranks": world.size,
                 "seconds": round(time.perf_counter() - started, 3),
             }

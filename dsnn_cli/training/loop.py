@@ -79,7 +79,7 @@ def finite_weights(model: nn.Module) -> bool:
 
 # Training arithmetic: float32, or bfloat16 autocast for the forward pass (the weights, the
 # optimiser, every norm, bound and certificate stay float32/float64; devices.py has the policy).
-PRECISIONS = ("32", "bf16")
+PRECISIONS = ("32", "bf16", "auto")
 # Batches between two reads of the device (losses for the logger and the progress bar, the
 # divergence check, the slowest rank's clock): one host sync per READ_EVERY batches.
 READ_EVERY = 25
@@ -128,7 +128,7 @@ class TrainerConfig:
             divergence_lr_factor=setting(
                 node, "divergence_lr_factor", float, "trainer", low=0, high=1, low_open=True
             ),
-            # "32" or bf16; a bare 32 on the command line arrives as an integer
+            # "32", bf16 or auto; a bare 32 on the command line arrives as an integer
             precision=check("trainer.precision", str(node.get("precision")), str, choices=PRECISIONS),
             compile=setting(node, "compile", bool, "trainer"),
             # a run resumed from a config written before the key existed: not deterministic

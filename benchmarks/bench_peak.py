@@ -1,0 +1,162 @@
+"""How close a training step comes to the machine's matrix-multiply peak, and where its time goes.
+
+    python benchmarks/bench_peak.py [--batch 128] [--repeats 7] [--precision 32 bf16] [--profile]
+                                    [--compile]
+
+In one process: the peak is measured first (the median GFLOP/s of large square matrix
+products, 2 n^3 flops each, in float32 and in bf16), then for `resnet` and the default
+`lipschitz` model one training step (forward, backward, optimiser step on a random CIFAR
+batch, as `bench_training.py` times it) is counted with torch's FlopCounterMode (matrix
+products and convolutions, forward and backward; FFTs and elementwise work are not counted,
+so GFLOP/s is the useful matrix work per second) and timed (median of `repeats`). Printed per
+model and precision: GFLOP/step, ms/step, GFLOP/s and its share of the peak in that
+precision. --profile adds, per model, the share of the step's CPU time in matrix products
+and convolutions, FFTs, copies and layout conversions, and the rest (elementwise and
+Python overhead), and the operators that take the most time. --compile adds a row per model
+and precision with the forward pass under torch.compile (as `trainer.compile=true` trains;
+the flops are counted eagerly, the compile time is printed apart from the step time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from bench_training import INFO, model_config, synchronize
+from torch.utils.flop_counter import FlopCounterMode
+
+from dsnn_cli.devices import autocast, training_arithmetic
+from dsnn_cli.models.networks import build_model
+
+MODELS = {"resnet": ["model=resnet"], "lipschitz (default)": ["model=lipschitz"]}
+DTYPES = {"32": torch.float32, "bf16": torch.bfloat16}
+# Operator name fragments per kind of work, for the --profile shares (first match wins).
+KINDS = {
+    "matrix products and convolutions": ("mm", "matmul", "linear", "conv", "addmm", "bmm", "baddbmm"),
+    "FFTs": ("fft",),
+    "copies and layout conversions": ("copy_", "contiguous", "clone", "to_dense", "_to_copy", "permute"),
+}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """Median GFLOP/s of n x n matrix products in `dtype` on the CPU's threads."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(dtype)
+    b = torch.randn(n, n, generator=generator).to(dtype)
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+class Step:
+    """One training step of a model at a batch size and precision, as bench_training times it."""
+
+    def __init__(self, overrides: list[str], batch: int, precision: str, compiled: bool = False):
+        torch.manual_seed(0)
+        self.model = build_model(model_config(overrides, None), INFO).train()
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), 1e-3)
+        self.x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 10, (batch,))
+        self.precision = precision
+
+    def __call__(self) -> None:
+        with autocast(self.x.device, self.precision):
+            loss = torch.nn.functional.cross_entropy(self.forward(self.x).float(), self.y)
+        penalty = self.model.regularization()
+        (loss if penalty is None else loss + penalty).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def flops(self) -> int:
+        """The step's matrix-product and convolution flops, counted on the eager model."""
+        forward, self.forward = self.forward, self.model
+        with FlopCounterMode(display=False) as counter:
+            self()
+        self.forward = forward
+        return counter.get_total_flops()
+
+    def warm(self) -> float:
+        """Seconds of the first step (for a compiled forward pass: the compilation)."""
+        start = time.perf_counter()
+        self()
+        return time.perf_counter() - start
+
+    def seconds(self, repeats: int) -> float:
+        times = []
+        for i in range(repeats + 2):
+            synchronize(self.x.device)
+            start = time.perf_counter()
+            self()
+            synchronize(self.x.device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def kind_of(name: str) -> str:
+    for kind, fragments in KINDS.items():
+        if any(fragment in name for fragment in fragments):
+            return kind
+    return "elementwise, Python and the rest"
+
+
+def profile(step: Step, steps: int = 3) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+    """Shares of self CPU time per kind of work, and the top operators (name, share, calls)."""
+    step()  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares: dict[str, float] = defaultdict(float)
+    for event in events:
+        shares[kind_of(event.key.removeprefix("aten::"))] += event.self_cpu_time_total / total
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return dict(shares), [(e.key, e.self_cpu_time_total / total, e.count // steps) for e in top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--precision", nargs="+", default=["32", "bf16"], choices=tuple(DTYPES))
+    parser.add_argument("--profile", action="store_true", help="where each step's time goes")
+    parser.add_argument("--compile", action="store_true", help="also each model under torch.compile")
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} CPU threads, batch {args.batch}")
+    with training_arithmetic(torch.device("cpu"), deterministic=False):
+        peaks = {p: matmul_peak(DTYPES[p]) for p in args.precision}
+        print("matrix-multiply peak: " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
+        print(f"{'model':<30} {'prec':>5} {'GFLOP/step':>11} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}")
+        for label, overrides in MODELS.items():
+            for precision, compiled in itertools.product(args.precision, (False, True)[: 1 + args.compile]):
+                step = Step(overrides, args.batch, precision, compiled)
+                gflop = step.flops() / 1e9
+                warm = step.warm()
+                seconds = step.seconds(args.repeats)
+                rate = gflop / seconds
+                print(
+                    f"{label + (' compiled' if compiled else ''):<30} {precision:>5} {gflop:11.2f} "
+                    f"{seconds * 1e3:8.0f} {rate:8.0f} {rate / peaks[precision]:8.0%}"
+                    + (f"   (compiled in {warm:.0f} s)" if compiled else "")
+                )
+                if args.profile and not compiled:
+                    shares, top = profile(step)
+                    print("    " + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items()))
+                    for name, share, calls in top:
+                        print(f"      {name:<40} {share:6.1%} {calls:6d} calls/step")
+
+
+if __name__ == "__main__":
+    main()
