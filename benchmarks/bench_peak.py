@@ -29,7 +29,7 @@ import torch
 from bench_training import INFO, model_config, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsnn_cli.devices import autocast, training_arithmetic
+from dsnn_cli.devices import autocast, has_bf16_matrix_engine, training_arithmetic
 from dsnn_cli.models.networks import build_model
 
 MODELS = {"resnet": ["model=resnet"], "lipschitz (default)": ["model=lipschitz"]}
@@ -129,10 +129,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--precision", nargs="+", default=["32", "bf16"], choices=tuple(DTYPES))
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=tuple(DTYPES),
+        help="default: 32, and bf16 where the CPU multiplies bf16 in hardware (AMX-BF16): "
+        "elsewhere bf16 products are emulated, minutes for the peak alone",
+    )
     parser.add_argument("--profile", action="store_true", help="where each step's time goes")
     parser.add_argument("--compile", action="store_true", help="also each model under torch.compile")
     args = parser.parse_args()
+    if args.precision is None:
+        args.precision = ["32", "bf16"] if has_bf16_matrix_engine(torch.device("cpu")) else ["32"]
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} CPU threads, batch {args.batch}")
     with training_arithmetic(torch.device("cpu"), deterministic=False):
