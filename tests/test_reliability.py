@@ -94,6 +94,15 @@ def test_a_cut_metrics_line_neither_blocks_resume_nor_survives_it(tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2, 3]
 
 
+def epochs_recorded(run_dir) -> int:
+    """Epochs the running summary records: the loop writes last.pt first, then the summary, so
+    a SIGTERM sent as soon as last.pt appears can land between the two writes."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("epochs") or 0
+    except (OSError, ValueError):
+        return 0
+
+
 def test_sigterm_checkpoints_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "model=resnet", "trainer.limit_batches=null", "data.n_train=4000", "trainer.max_epochs=30"]
@@ -106,7 +115,7 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_resume_finishes_it(tm
         text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
+    while time.time() < deadline and not epochs_recorded(run_dir):  # last.pt, then the summary
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
