@@ -26,11 +26,10 @@ import time
 from collections import defaultdict
 
 import torch
-from bench_training import INFO, model_config, synchronize
+from bench_training import TrainingStep, model_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsnn_cli.devices import autocast, has_bf16_matrix_engine, training_arithmetic
-from dsnn_cli.models.networks import build_model
+from dsnn_cli.devices import has_bf16_matrix_engine, training_arithmetic
 
 MODELS = {"resnet": ["model=resnet"], "lipschitz (default)": ["model=lipschitz"]}
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16}
@@ -56,26 +55,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-class Step:
-    """One training step of a model at a batch size and precision, as bench_training times it."""
-
-    def __init__(self, overrides: list[str], batch: int, precision: str, compiled: bool = False):
-        torch.manual_seed(0)
-        self.model = build_model(model_config(overrides, None), INFO).train()
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if compiled else self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), 1e-3)
-        self.x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        self.y = torch.randint(0, 10, (batch,))
-        self.precision = precision
-
-    def __call__(self) -> None:
-        with autocast(self.x.device, self.precision):
-            loss = torch.nn.functional.cross_entropy(self.forward(self.x).float(), self.y)
-        penalty = self.model.regularization()
-        (loss if penalty is None else loss + penalty).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+class Step(TrainingStep):
+    """bench_training's step, with its flops counted and its first (compiling) step timed."""
 
     def flops(self) -> int:
         """The step's matrix-product and convolution flops, counted on the eager model."""
@@ -90,17 +71,6 @@ class Step:
         start = time.perf_counter()
         self()
         return time.perf_counter() - start
-
-    def seconds(self, repeats: int) -> float:
-        times = []
-        for i in range(repeats + 2):
-            synchronize(self.x.device)
-            start = time.perf_counter()
-            self()
-            synchronize(self.x.device)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
 
 
 def kind_of(name: str) -> str:
@@ -149,7 +119,7 @@ def main() -> None:
         print(f"{'model':<30} {'prec':>5} {'GFLOP/step':>11} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}")
         for label, overrides in MODELS.items():
             for precision, compiled in itertools.product(args.precision, (False, True)[: 1 + args.compile]):
-                step = Step(overrides, args.batch, precision, compiled)
+                step = Step(model_config(overrides, None), args.batch, precision, compiled=compiled)
                 gflop = step.flops() / 1e9
                 warm = step.warm()
                 seconds = step.seconds(args.repeats)

@@ -80,27 +80,50 @@ def images_per_second(
 def timed_steps(
     cfg: dict, batch: int, repeats: int, channels_last: bool, device: torch.device, precision: str
 ) -> float:
-    torch.manual_seed(0)
-    model = build_model(cfg, INFO).train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,), device=device)
-    times = []
-    for i in range(repeats + 2):
-        synchronize(device)
-        start = time.perf_counter()
-        with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        penalty = model.regularization()
+    return batch / TrainingStep(cfg, batch, precision, device, channels_last).seconds(repeats)
+
+
+class TrainingStep:
+    """One optimisation step (forward, backward, Adam) of a model on a random CIFAR batch."""
+
+    def __init__(
+        self,
+        cfg: dict,
+        batch: int,
+        precision: str,
+        device: torch.device | None = None,
+        channels_last: bool = True,
+        compiled: bool = False,
+    ):
+        torch.manual_seed(0)
+        device = device or torch.device("cpu")
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = build_model(cfg, INFO).train().to(device=device, memory_format=fmt)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), 1e-3)
+        self.x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        self.precision = precision
+
+    def __call__(self) -> None:
+        with autocast(self.x.device, self.precision):
+            loss = torch.nn.functional.cross_entropy(self.forward(self.x).float(), self.y)
+        penalty = self.model.regularization()
         (loss if penalty is None else loss + penalty).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        if i >= 2:  # two warm-up steps
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def seconds(self, repeats: int) -> float:
+        """Median seconds of `repeats` steps after two warm-up steps."""
+        times = []
+        for i in range(repeats + 2):
+            synchronize(self.x.device)
+            start = time.perf_counter()
+            self()
+            synchronize(self.x.device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
 
 def synchronize(device: torch.device) -> None:
