@@ -49,14 +49,18 @@ from dsnn_cli.commands.train import run_train
 from dsnn_cli.console import percent, print_table
 
 # The same budget, side by side: our method, the convex-potential baseline, the unconstrained one.
+# CPL's layer x - 2 W^T ReLU(Wx + b), ||W|| <= 1, on our skeleton.
+CPL_STEPS = [
+    "model=nonexpansive",
+    "model.h=2",
+    "model.substeps=1",
+    "model.activation.name=relu",
+    "~model.activation.alpha",
+]
 CANDIDATES = {
     "lipschitz (default)": [],
     "nonexpansive, h=2, ReLU (CPL)": [
-        "model=nonexpansive",
-        "model.h=2",
-        "model.substeps=1",
-        "model.activation.name=relu",
-        "~model.activation.alpha",
+        *CPL_STEPS,
         "loss.eps=0.08",  # the baseline as measured before adversarial training became the default
         "loss.adversarial.eps=null",
     ],
@@ -78,6 +82,8 @@ PRACH_TUNED = {
 PEERS = {
     "lipschitz (default)": [],
     "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
+    # the same layers with the default's recipe (margin eps 0.04, adversarial replay at 0.3)
+    "lipschitz skeleton, CPL steps, the default's recipe": CPL_STEPS,
     **{
         f"convnet-XS {layer.upper() if layer != 'cayley' else 'Cayley'}": [
             "experiment=prach_cifar10",
