@@ -57,13 +57,11 @@ CPL_STEPS = [
     "model.activation.name=relu",
     "~model.activation.alpha",
 ]
+# The baseline recipe as measured before adversarial training became the default.
+CLEAN_BATCHES = ["loss.eps=0.08", "loss.adversarial.eps=null"]
 CANDIDATES = {
     "lipschitz (default)": [],
-    "nonexpansive, h=2, ReLU (CPL)": [
-        *CPL_STEPS,
-        "loss.eps=0.08",  # the baseline as measured before adversarial training became the default
-        "loss.adversarial.eps=null",
-    ],
+    "nonexpansive, h=2, ReLU (CPL)": [*CPL_STEPS, *CLEAN_BATCHES],
     "resnet (uncertified)": ["model=resnet", "loss=cross_entropy"],
 }
 
@@ -84,6 +82,8 @@ PEERS = {
     "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
     # the same layers with the default's recipe (margin eps 0.04, adversarial replay at 0.3)
     "lipschitz skeleton, CPL steps, the default's recipe": CPL_STEPS,
+    # and the default with CPL's recipe above: the other half of the same-recipe pair
+    "lipschitz (default), clean batches, eps 0.08": CLEAN_BATCHES,
     **{
         f"convnet-XS {layer.upper() if layer != 'cayley' else 'Cayley'}": [
             "experiment=prach_cifar10",
@@ -115,10 +115,7 @@ ABLATIONS = {
     "loss temperature 0.5": ["loss.temperature=0.5"],
     "loss temperature 1": ["loss.temperature=1.0"],
     "clean batches only (no adversarial replay)": ["loss.adversarial.eps=null"],
-    "loss eps 0.08, clean batches (the default before adversarial training)": [
-        "loss.eps=0.08",
-        "loss.adversarial.eps=null",
-    ],
+    "loss eps 0.08, clean batches (the default before adversarial training)": CLEAN_BATCHES,
     "adversarial replay from the start": ["loss.adversarial.start=0"],
     "adversarial replay from half-way": ["loss.adversarial.start=0.5"],
     "adversarial replay at eps 0.5": ["loss.adversarial.eps=0.5"],
