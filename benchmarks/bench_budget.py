@@ -109,6 +109,7 @@ ABLATIONS = {
     "dense head (||W|| <= 1)": ["model.head=dense"],
     "loss eps 0.15": ["loss.eps=0.15"],
     "dense head, loss eps 0.15": ["model.head=dense", "loss.eps=0.15"],
+    "dense head, first-channel unshuffle": ["model.head=dense", "model.downsample=unshuffle"],
     "widths 24/48/96": ["model.widths=[24,48,96]"],
     "deeper: 4 steps in the last stage, 4 dense steps": ["model.steps=[2,2,4]", "model.dense_steps=4"],
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],
