@@ -59,6 +59,8 @@ CPL_STEPS = [
 ]
 # The baseline recipe as measured before adversarial training became the default.
 CLEAN_BATCHES = ["loss.eps=0.08", "loss.adversarial.eps=null"]
+# The default model up to commit a0a8263: unit-row head, unshuffle with a learned projection.
+UNIT_ROWS_PROJECTED = ["model.head=rows", "model.downsample=unshuffle_project"]
 CANDIDATES = {
     "lipschitz (default)": [],
     "nonexpansive, h=2, ReLU (CPL)": [*CPL_STEPS, *CLEAN_BATCHES],
@@ -79,11 +81,15 @@ PRACH_TUNED = {
 }
 PEERS = {
     "lipschitz (default)": [],
+    "lipschitz, unit-row head, projected unshuffle (the default to a0a8263)": UNIT_ROWS_PROJECTED,
     "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
     # the same layers with the default's recipe (margin eps 0.04, adversarial replay at 0.3)
     "lipschitz skeleton, CPL steps, the default's recipe": CPL_STEPS,
-    # and the default with CPL's recipe above: the other half of the same-recipe pair
-    "lipschitz (default), clean batches, eps 0.08": CLEAN_BATCHES,
+    # and our network with CPL's recipe above: the other half of the same-recipe pair
+    "lipschitz, unit-row head, projected unshuffle, clean batches, eps 0.08": [
+        *UNIT_ROWS_PROJECTED,
+        *CLEAN_BATCHES,
+    ],
     **{
         f"convnet-XS {layer.upper() if layer != 'cayley' else 'Cayley'}": [
             "experiment=prach_cifar10",
@@ -93,23 +99,29 @@ PEERS = {
         ]
         for layer, (lr, wd) in PRACH_TUNED.items()
     },
-    "lipschitz, BRO contractions": ["model.orthogonal_map=bro", "model.dense_orthogonal=bro"],
-    "lipschitz, AOL expansions": ["model.expansive_operator=aol"],
+    "lipschitz, unit-row head, projected unshuffle, BRO contractions": [
+        *UNIT_ROWS_PROJECTED,
+        "model.orthogonal_map=bro",
+        "model.dense_orthogonal=bro",
+    ],
+    "lipschitz, unit-row head, projected unshuffle, AOL expansions": [
+        *UNIT_ROWS_PROJECTED,
+        "model.expansive_operator=aol",
+    ],
 }
 
 # One lever at a time against the default recipe (the ablation table of docs/benchmarks.md).
 ABLATIONS = {
     "no dense pair": ["model.dense_steps=0"],
     "dense pair with one full Cayley solve": ["model.dense_orthogonal=cayley"],
-    "first-channel unshuffle (no projection)": ["model.downsample=unshuffle"],
+    "projected unshuffle": ["model.downsample=unshuffle_project"],
     "Cayley 3x3 contraction": ["model.contractive_kernel=3", "model.contractive_width=1"],
     "Kaiming expansive init": ["model.expansive_init=kaiming", "model.expansive_bias=0"],
     "alpha 0.25": ["model.activation.alpha=0.25"],
     "alpha 0.5 (the paper's slope)": ["model.activation.alpha=0.5"],
-    "dense head (||W|| <= 1)": ["model.head=dense"],
+    "unit-row head": ["model.head=rows"],
+    "unit-row head, projected unshuffle (the default to a0a8263)": UNIT_ROWS_PROJECTED,
     "loss eps 0.15": ["loss.eps=0.15"],
-    "dense head, loss eps 0.15": ["model.head=dense", "loss.eps=0.15"],
-    "dense head, first-channel unshuffle": ["model.head=dense", "model.downsample=unshuffle"],
     "widths 24/48/96": ["model.widths=[24,48,96]"],
     "deeper: 4 steps in the last stage, 4 dense steps": ["model.steps=[2,2,4]", "model.dense_steps=4"],
     "loss eps 0.3 (certify_cifar10)": ["loss.eps=0.3"],

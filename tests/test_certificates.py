@@ -159,7 +159,8 @@ def test_no_certified_point_of_a_trained_model_is_broken_at_0_999_of_its_radius(
         with torch.no_grad():
             logits32 = model(adversarial)
             logits64 = float64_copy(model)(adversarial.double())
-    assert bool((l2_norms(adversarial - x[certified]) <= radii * (1 + 1e-5)).all())
+    # inside the balls, up to float32 rounding of x + delta (2^-24 per pixel in [0, 1]: < 2e-6 in norm)
+    assert bool((l2_norms(adversarial - x[certified]) <= radii * (1 + 1e-5) + 2e-6).all())
     assert bool((logits32.argmax(1) == labels[certified]).all())
     # the attack reached the edges of the balls: the margin fell by a measurable amount there
     clean = logit_margins(certification.logits[certified], labels[certified])

@@ -1,0 +1,71 @@
+"""Every candidate of benchmarks/bench_budget.py composes and trains two batches: a typo in an
+override shows here in seconds, not after a candidate's 24-minute budget."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from conftest import REPO
+from helpers import compose_config
+
+from dsnn_cli.commands.train import run_train
+
+
+def load_bench_budget():
+    spec = importlib.util.spec_from_file_location("bench_budget", REPO / "benchmarks" / "bench_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = load_bench_budget()
+# Every row of every set, by name (a name means one list of overrides everywhere).
+ROWS = {
+    name: overrides
+    for table in (BENCH.CANDIDATES, BENCH.PEERS, BENCH.ABLATIONS)
+    for name, overrides in table.items()
+}
+# The benchmark's own budget overrides on tiny synthetic CIFAR-shaped data: two batches, no test.
+SMOKE = [
+    "data=synthetic",
+    "data.n_train=128",
+    "data.n_test=64",
+    "data.val_size=32",
+    "trainer.device=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_batches=2",
+    "trainer.batch_size=32",
+    "trainer.test=false",
+    BENCH.CERTIFY_EPS,
+]
+
+
+def test_the_sets_name_each_row_once_with_the_same_overrides():
+    for table in (BENCH.CANDIDATES, BENCH.PEERS, BENCH.ABLATIONS):
+        for name, overrides in table.items():
+            assert ROWS[name] == overrides, f"{name!r} means two things in bench_budget.py"
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_every_candidate_trains_two_batches(name, tmp_path):
+    summary = run_train(compose_config("train", [*SMOKE, *ROWS[name]]), tmp_path / BENCH.run_name(name))
+    assert summary["status"] == "done" and summary["n_params"] > 0
+
+
+# One row per kind of table entry: ours, the uncertified baseline, a peer in Prach et al.'s skeleton.
+SCORED = ["lipschitz (default)", "resnet (uncertified)", "convnet-XS AOL"]
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_a_screen_scores_each_kind_of_row_on_validation(name, tmp_path):
+    run_dir = tmp_path / BENCH.run_name(name)
+    summary = run_train(compose_config("train", [*SMOKE, *ROWS[name]]), run_dir)
+    scores = BENCH.validation_scores(run_dir, n_pgd=4, root=None)  # the figures a screen ranks by
+    by_radius = sorted(BENCH.RADII, key=BENCH.RADII.get)
+    certified = [scores[f"val_certified_{radius}"] for radius in by_radius]
+    if summary["lipschitz_bound"] is None:  # the uncertified baseline has no certified figure
+        assert certified == [None] * len(BENCH.RADII)
+    else:  # a certificate is never worth more than a correct answer, nor a larger radius more
+        assert scores["val_clean"] >= certified[0] and certified == sorted(certified, reverse=True)
+    assert 0 <= scores["val_pgd_0.3"] <= 1  # on its own first points: not comparable to the rest
