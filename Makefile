@@ -29,10 +29,10 @@ run: $(BIN)/dsnn ## train the default model for MINUTES (24), attack it at EPS (
 test: $(BIN)/dsnn ## layer contracts, the docs build, then the fast test suite (what CI runs)
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto --dist loadfile --durations=15
 
 test-all: $(BIN)/dsnn ## every test, slow ones included
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 docs: $(BIN)/dsnn ## the documentation site into site/ (mkdocs build --strict: broken links fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
