@@ -91,6 +91,7 @@ PEERS = {
     # the same layers with the default's recipe (margin eps 0.04, adversarial replay at 0.3)
     "lipschitz skeleton, CPL steps, the default's recipe": CPL_STEPS,
     # and our network with CPL's recipe above: the other half of the same-recipe pair
+    "lipschitz, clean batches, eps 0.08 (CPL's recipe)": CLEAN_BATCHES,
     "lipschitz, unit-row head, projected unshuffle, clean batches, eps 0.08": [
         *UNIT_ROWS_PROJECTED,
         *CLEAN_BATCHES,
@@ -124,6 +125,8 @@ ABLATIONS = {
     "Kaiming expansive init": ["model.expansive_init=kaiming", "model.expansive_bias=0"],
     "alpha 0.25": ["model.activation.alpha=0.25"],
     "alpha 0.5 (the paper's slope)": ["model.activation.alpha=0.5"],
+    "ReLU in the expansive steps": ["model.expansive_activation=relu"],
+    "contractive width 4": ["model.contractive_width=4"],
     "unit-row head": ["model.head=rows"],
     "unit-row head, projected unshuffle (the default to a0a8263)": UNIT_ROWS_PROJECTED,
     "loss eps 0.15": ["loss.eps=0.15"],
