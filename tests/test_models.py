@@ -39,6 +39,7 @@ CERTIFIED = [
     ("lipschitz", {"contractive_kernel": 1, "contractive_width": 2, "substeps": 1, "h_contractive": None}),
     ("lipschitz", {"contractive_kernel": 3, "contractive_width": 2, "expansive_init": "identity"}),
     ("lipschitz", {"stem": "conv", "downsample": "maxpool", "head": "dense"}),
+    ("lipschitz", {"expansive_activation": "relu"}),  # slope-0 expansions, leaky contractions
     ("lipschitz_flexible", {}),
 ]
 IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}" for f, e in CERTIFIED]
@@ -285,6 +286,25 @@ def test_step_size_rule():
         build_model(model_cfg("nonexpansive", h=2.5, substeps=1), INFO)
     with pytest.raises(UsageError, match="sum to 1"):
         build_model(model_cfg("lipschitz", substep_fractions=[0.5, 0.6]), INFO)
+
+
+def test_expansive_steps_take_their_own_activation_and_keep_the_pair_non_expansive():
+    """ReLU has no contraction (m = 0) but its largest slope is 1: as the expansive steps'
+    activation it leaves h_E as it was, and each pair's factor c (1 + M_E tau_E) stays <= 1;
+    a steeper expansive activation (M_E = 2) halves the admissible step."""
+    relu, steep = build_activation("relu"), build_activation({"name": "leaky_relu", "alpha": 0.5})
+    steep = type(steep)(steep.module, 0.5, 2.0)
+    assert largest_expansive_step(1.0, [0.5, 0.5], LEAKY, relu) == pytest.approx(2 / 3)
+    assert largest_expansive_step(1.0, [0.5, 0.5], LEAKY, steep) == pytest.approx(1 / 3)
+    torch.manual_seed(4)
+    model = build_model(model_cfg("lipschitz", expansive_activation="relu"), INFO).double().eval()
+    expansive, contractive = model.stages[0].steps[0], model.stages[0].steps[1]
+    assert isinstance(expansive.field.act, torch.nn.ReLU)
+    assert not isinstance(contractive.field.act, torch.nn.ReLU)
+    assert expansive.lipschitz_factor() * contractive.lipschitz_factor() <= 1 + 1e-12
+    assert lipschitz_bound(model) <= 1.0 + 1e-5
+    with pytest.raises(UsageError, match="model.expansive_activation.*unknown activation 'nope'"):
+        build_model(model_cfg("lipschitz", expansive_activation="nope"), INFO)
 
 
 def test_flexible_step_sizes_stay_certified_after_training_moves_them():

@@ -16,7 +16,7 @@ from torch import nn
 
 from dsnn_cli.config import setting
 from dsnn_cli.errors import UsageError
-from dsnn_cli.models.activations import Activation
+from dsnn_cli.models.activations import Activation, build_activation
 from dsnn_cli.models.fields import (
     CONTRACTIVE_OPERATORS,
     ExpansiveField,
@@ -199,10 +199,24 @@ def contractive_field(ctx: StepContext) -> GradientField:
     )
 
 
+def expansive_activation(cfg: Mapping[str, Any], activation: Activation) -> Activation:
+    """model.expansive_activation, or (null) model.activation. The expansive factor 1 + M tau
+    reads only the largest slope, so these steps may take an activation (ReLU) whose smallest
+    slope 0 would leave a contractive step without contraction."""
+    chosen = cfg.get("expansive_activation")
+    if chosen is None:
+        return activation
+    try:
+        return build_activation(chosen)
+    except UsageError as exc:
+        raise UsageError(f"model.expansive_activation: {exc}") from None
+
+
 def expansive_field(ctx: StepContext) -> ExpansiveField:
     init, bias = ctx.cfg["expansive_init"], float(ctx.cfg["expansive_bias"])
     operator = ctx.cfg.get("expansive_operator", "spectral")
-    return ExpansiveField(ctx.space, ctx.width, ctx.activation, init, bias, operator)
+    activation = expansive_activation(ctx.cfg, ctx.activation)
+    return ExpansiveField(ctx.space, ctx.width, activation, init, bias, operator)
 
 
 def contractive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float:
@@ -217,7 +231,8 @@ def expansive_step_size(cfg: Mapping[str, Any], activation: Activation) -> float
     h_e = cfg["h_expansive"]
     if h_e is None:
         h_c = contractive_step_size(cfg, activation)
-        return float(largest_expansive_step(h_c, fractions_of(cfg), activation))
+        expansive = expansive_activation(cfg, activation)
+        return float(largest_expansive_step(h_c, fractions_of(cfg), activation, expansive))
     return float(h_e)
 
 
@@ -265,11 +280,14 @@ def validate_lipschitz(cfg: Mapping[str, Any], activation: Activation) -> None:
     check_pairs(cfg)
     h_c = contractive_step_size(cfg, activation)
     check_contractive_step(h_c, cfg, activation, "model.h_contractive")
-    h_e, largest = cfg["h_expansive"], float(largest_expansive_step(h_c, fractions_of(cfg), activation))
+    expansive = expansive_activation(cfg, activation)
+    h_e = cfg["h_expansive"]
+    largest = float(largest_expansive_step(h_c, fractions_of(cfg), activation, expansive))
     if h_e is not None and not 0.0 <= float(h_e) <= largest * (1 + 1e-12):
         raise UsageError(
             f"model.h_expansive={float(h_e):g} breaks the Lipschitz constraint for "
-            f"model.h_contractive={h_c:g} and slopes [{activation.slope_min:g}, {activation.slope_max:g}]; "
+            f"model.h_contractive={h_c:g}, slopes [{activation.slope_min:g}, {activation.slope_max:g}] "
+            f"and expansive slopes up to {expansive.slope_max:g}; "
             f"the largest admissible h_expansive is {largest:.6g}"
         )
 
@@ -284,11 +302,13 @@ def lipschitz_claim(cfg: Mapping[str, Any]) -> Claim:
 def flexible_steps(ctx: StepContext) -> list[nn.Module]:
     lo, hi = (float(v) for v in ctx.cfg["h_contractive_range"])
     init, fraction = float(ctx.cfg["h_contractive"]), float(ctx.cfg["expansive_fraction"])
+    expansive = expansive_activation(ctx.cfg, ctx.activation)
     steps: list[nn.Module] = []
     for _ in range(int(ctx.cfg["steps"]) // 2):
         h_c = IntervalStepSize(lo, hi, init)
         h_e = BoundedStepSize(
-            lambda h_c=h_c: largest_expansive_step(h_c.value(), ctx.fractions, ctx.activation), fraction
+            lambda h_c=h_c: largest_expansive_step(h_c.value(), ctx.fractions, ctx.activation, expansive),
+            fraction,
         )
         steps.append(Step(expansive_field(ctx), ctx.integrator, h_e, ctx.fractions))
         steps.append(Step(contractive_field(ctx), ctx.integrator, h_c, ctx.fractions))

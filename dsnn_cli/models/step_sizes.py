@@ -81,15 +81,20 @@ def contraction_factor(tau: Scalar, slope_min: float, slope_max: float) -> Scala
     return max(abs(1 - slope_min * tau), abs(1 - slope_max * tau))
 
 
-def largest_expansive_step(h_c: Scalar, fractions: Sequence[float], activation: Activation) -> Scalar:
-    """Largest h_E with c(alpha h_C) (1 + M alpha h_E) <= 1 for every sub-step fraction alpha."""
+def largest_expansive_step(
+    h_c: Scalar, fractions: Sequence[float], activation: Activation, expansive: Activation | None = None
+) -> Scalar:
+    """Largest h_E with c(alpha h_C) (1 + M_E alpha h_E) <= 1 for every sub-step fraction alpha:
+    c from the contractive steps' slopes [m, M], M_E the expansive steps' largest slope (their
+    activation, `expansive`, defaults to the same one)."""
+    slope = (expansive or activation).slope_max
     bounds = []
     for alpha in fractions:
         c = contraction_factor(alpha * h_c, activation.slope_min, activation.slope_max)
         if isinstance(c, torch.Tensor):
-            bounds.append((1 / c.clamp_min(1e-12) - 1).clamp_min(0) / (activation.slope_max * alpha))
+            bounds.append((1 / c.clamp_min(1e-12) - 1).clamp_min(0) / (slope * alpha))
         else:
-            bounds.append(max(1 / max(c, 1e-12) - 1, 0.0) / (activation.slope_max * alpha))
+            bounds.append(max(1 / max(c, 1e-12) - 1, 0.0) / (slope * alpha))
     if isinstance(bounds[0], torch.Tensor):
         return torch.stack(bounds).min()
     return min(bounds)
