@@ -25,6 +25,7 @@ TRAIN_CASES = [
     (["trainer.select=foo"], "trainer.select='foo'"),
     (["trainer.resume=maybe"], "trainer.resume='maybe'"),
     (["trainer.threads=0"], "trainer.threads=0"),
+    (["trainer.keep_memory=sometimes"], "trainer.keep_memory='sometimes'"),
     (["loss=hinge", "loss.margin=-1"], "loss.margin=-1"),
     (["loss=hinge", "loss.margin=abc"], "loss.margin='abc'"),
     (["loss=lipschitz_margin", "loss.temperature=0"], "loss.temperature=0"),

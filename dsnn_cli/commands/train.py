@@ -20,6 +20,7 @@ from dsnn_cli.data.containers import ImageData, VectorData
 from dsnn_cli.data.loading import batches, check_data_config, load_data
 from dsnn_cli.devices import (
     exact_float32,
+    keep_freed_memory,
     memory_format,
     peak_memory_mb,
     resolve_device,
@@ -117,6 +118,8 @@ def run_train(cfg: DictConfig, output_dir: Path | str, overrides: list[str] | No
     trainer = replace(trainer, precision=training_precision(trainer.precision, device))
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
+    if trainer.keep_memory and device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(settings.recipe.seed)
     with main_first(world):  # rank 0 downloads into the shared folder, then the others read it
         data = load_data(settings.data)

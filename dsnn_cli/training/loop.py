@@ -99,6 +99,7 @@ class TrainerConfig:
     init_from: str | None
     channels_last: bool
     threads: int | None
+    keep_memory: bool
     progress: bool | None
     max_minutes: float | None
     divergence_retries: int
@@ -122,6 +123,8 @@ class TrainerConfig:
             init_from=setting(node, "init_from", str, "trainer", nullable=True),
             channels_last=setting(node, "channels_last", bool, "trainer"),
             threads=setting(node, "threads", int, "trainer", low=1, nullable=True),
+            # a run resumed from a config written before the key existed: keep it, the default
+            keep_memory="keep_memory" not in node or setting(node, "keep_memory", bool, "trainer"),
             progress=setting(node, "progress", bool, "trainer", nullable=True),
             max_minutes=setting(node, "max_minutes", float, "trainer", low=0, low_open=True, nullable=True),
             divergence_retries=setting(node, "divergence_retries", int, "trainer", low=0),

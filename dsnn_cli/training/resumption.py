@@ -26,6 +26,7 @@ RESUMABLE = (
     "trainer.max_epochs",
     "trainer.device",
     "trainer.threads",
+    "trainer.keep_memory",
     "trainer.progress",
     "trainer.eval_batch_size",
     "trainer.channels_last",
