@@ -30,7 +30,7 @@ import torch
 from bench_training import TrainingStep, model_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsnn_cli.devices import has_bf16_matrix_engine, training_arithmetic
+from dsnn_cli.devices import has_bf16_matrix_engine, keep_freed_memory, training_arithmetic
 
 MODELS = {"resnet": ["model=resnet"], "lipschitz (default)": ["model=lipschitz"]}
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16}
@@ -112,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.precision is None:
         args.precision = ["32", "bf16"] if has_bf16_matrix_engine(torch.device("cpu")) else ["32"]
+    keep_freed_memory()  # as `dsnn train` runs on a CPU (trainer.keep_memory)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} CPU threads, batch {args.batch}")
     with training_arithmetic(torch.device("cpu"), deterministic=False):

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from dsnn_cli.config import to_plain
-from dsnn_cli.devices import autocast, training_arithmetic
+from dsnn_cli.devices import autocast, keep_freed_memory, training_arithmetic
 from dsnn_cli.models.networks import build_model
 
 INFO = {
@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh)")
     parser.add_argument("--precision", default="32", choices=("32", "bf16"), help="trainer.precision")
     args = parser.parse_args()
+    if args.device == "cpu":
+        keep_freed_memory()  # as `dsnn train` runs on a CPU (trainer.keep_memory)
     threads = torch.get_num_threads()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{threads} CPU threads"
     print(f"torch {torch.__version__}, {where}, widths {args.widths}, batch {args.batch}, {args.precision}")

@@ -71,3 +71,13 @@ def assert_scored_on_validation(run_dir, certified_model: bool) -> None:
     else:  # a certificate is never worth more than a correct answer, nor a larger radius more
         assert scores["val_clean"] >= certified[0] and certified == sorted(certified, reverse=True)
     assert 0 <= scores["val_pgd_0.3"] <= 1  # on its own first points: not comparable to the rest
+
+
+def test_the_memory_benchmark_times_each_side_in_its_own_process():
+    """bench_memory's children: the kept side keeps freed memory, the plain one does not."""
+    spec = importlib.util.spec_from_file_location("bench_memory", REPO / "benchmarks" / "bench_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain, kept = module.child("plain", 4, 2), module.child("kept", 4, 2)
+    assert plain["kept"] is False and kept["kept"] is True
+    assert plain["ms"] > 0 and kept["ms"] > 0 and kept["peak_mb"] > 0
