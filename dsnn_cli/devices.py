@@ -203,7 +203,7 @@ def keep_freed_memory() -> bool:
     of the heap); False where the C library is not glibc. A CPU training step frees and
     allocates its activations again each step, and glibc hands large blocks back to the kernel
     and maps them afresh, so each step page-faults its memory in again: on the 2-core AMD
-    EPYC, 13,000 to 18,000 faults and a fifth to a quarter of the wall time in the kernel per
+    EPYC, 8,000 to 18,000 faults and a fifth to a quarter of the wall time in the kernel per
     step of the default model, none of it with the memory kept, at the same peak resident
     memory (docs/benchmarks.md). Process-wide, for the rest of the process."""
     if not sys.platform.startswith("linux"):
