@@ -12,14 +12,15 @@ from helpers import compose_config
 from dsnn_cli.commands.train import run_train
 
 
-def load_bench_budget():
-    spec = importlib.util.spec_from_file_location("bench_budget", REPO / "benchmarks" / "bench_budget.py")
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-BENCH = load_bench_budget()
+BENCH = load_benchmark("bench_budget")
 # Every row of every set, by name (a name means one list of overrides everywhere).
 ROWS = {
     name: overrides
@@ -75,9 +76,7 @@ def assert_scored_on_validation(run_dir, certified_model: bool) -> None:
 
 def test_the_memory_benchmark_times_each_side_in_its_own_process():
     """bench_memory's children: the kept side keeps freed memory, the plain one does not."""
-    spec = importlib.util.spec_from_file_location("bench_memory", REPO / "benchmarks" / "bench_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_memory")
     plain, kept = module.child("plain", 4, 2), module.child("kept", 4, 2)
     assert plain["kept"] is False and kept["kept"] is True
     assert plain["ms"] > 0 and kept["ms"] > 0 and kept["peak_mb"] > 0

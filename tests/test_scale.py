@@ -19,7 +19,7 @@ SHORT = [*TINY, "model=lipschitz", "trainer.max_epochs=3", "trainer.limit_batche
 
 
 FAULTS_PER_CYCLE = """
-import resource, sys, torch
+import resource, torch
 from dsnn_cli.devices import keep_freed_memory
 def faults(cycles=8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
