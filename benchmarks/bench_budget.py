@@ -119,6 +119,7 @@ PEERS = {
 # One lever at a time against the default recipe (the ablation table of docs/benchmarks.md).
 ABLATIONS = {
     "no dense pair": ["model.dense_steps=0"],
+    "two dense pairs": ["model.dense_steps=4"],
     "dense pair with one full Cayley solve": ["model.dense_orthogonal=cayley"],
     "projected unshuffle": ["model.downsample=unshuffle_project"],
     "Cayley 3x3 contraction": ["model.contractive_kernel=3", "model.contractive_width=1"],
