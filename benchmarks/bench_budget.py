@@ -142,9 +142,6 @@ ABLATIONS = {
     "adversarial replay from half-way": ["loss.adversarial.start=0.5"],
     "adversarial replay at eps 0.5": ["loss.adversarial.eps=0.5"],
     "adversarial replay at eps 0.2": ["loss.adversarial.eps=0.2"],
-    # two levers at once: the speed of no dense pair spent on CPL's recipe or on wider stages
-    "no dense pair, CPL's recipe (clean batches, eps 0.08)": ["model.dense_steps=0", *CLEAN_BATCHES],
-    "no dense pair, widths 24/48/96": ["model.dense_steps=0", "model.widths=[24,48,96]"],
 }
 
 
