@@ -142,11 +142,12 @@ ABLATIONS = {
     "adversarial replay from half-way": ["loss.adversarial.start=0.5"],
     "adversarial replay at eps 0.5": ["loss.adversarial.eps=0.5"],
     "adversarial replay at eps 0.2": ["loss.adversarial.eps=0.2"],
-    # Larger matrix products run nearer the CPU's peak (training steps alone, AMD EPYC: about 1.2x
-    # the images/s at 256, 1.4x at 512); Adam's learning rate scaled with the batch's square root.
+    # Larger matrix products run nearer the CPU's peak (AMD EPYC: training steps alone about 1.2x the
+    # images/s at 256, 1.4x at 512; whole 24-minute runs 1.08x, 1.18x); Adam's lr scaled with sqrt(batch).
     "batch 256, lr 0.0042": ["trainer.batch_size=256", "optim.lr=0.0042"],
     "batch 512, lr 0.006": ["trainer.batch_size=512", "optim.lr=0.006"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
+    "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
 }
 
 
