@@ -151,7 +151,9 @@ ABLATIONS = {
     # A second seed of a row one seed put ahead: one 24-minute seed's standard error is about a point.
     "seed 1": ["seed=1"],
     "loss eps 0.06, adversarial replay from 0.7, seed 1": [
-        "loss.eps=0.06", "loss.adversarial.start=0.7", "seed=1"
+        "loss.eps=0.06",
+        "loss.adversarial.start=0.7",
+        "seed=1",
     ],
 }
 
