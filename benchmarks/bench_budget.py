@@ -66,6 +66,8 @@ CPL_STEPS = [
 CLEAN_BATCHES = ["loss.eps=0.08", "loss.adversarial.eps=null"]
 # The default model up to commit a0a8263: unit-row head, unshuffle with a learned projection.
 UNIT_ROWS_PROJECTED = ["model.head=rows", "model.downsample=unshuffle_project"]
+# The default margin recipe up to commit b33850b (today's: eps 0.06, replay from 0.7 of the budget).
+RECIPE_TO_B33850B = ["loss.eps=0.04", "loss.adversarial.start=0.4"]
 CANDIDATES = {
     "lipschitz (default)": [],
     "nonexpansive, h=2, ReLU (CPL)": [*CPL_STEPS, *CLEAN_BATCHES],
@@ -88,7 +90,7 @@ PEERS = {
     "lipschitz (default)": [],
     "lipschitz, unit-row head, projected unshuffle (the default to a0a8263)": UNIT_ROWS_PROJECTED,
     "lipschitz skeleton, CPL steps": CANDIDATES["nonexpansive, h=2, ReLU (CPL)"],
-    # the same layers with the default's recipe (margin eps 0.04, adversarial replay at 0.3)
+    # the same layers with the default's recipe (measured with margin eps 0.04, replay from 0.4)
     "lipschitz skeleton, CPL steps, the default's recipe": CPL_STEPS,
     # and our network with CPL's recipe above: the other half of the same-recipe pair
     "lipschitz, clean batches, eps 0.08 (CPL's recipe)": CLEAN_BATCHES,
@@ -148,6 +150,7 @@ ABLATIONS = {
     "batch 512, lr 0.006": ["trainer.batch_size=512", "optim.lr=0.006"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
     "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
+    "loss eps 0.04, adversarial replay from 0.4 (the default to b33850b)": RECIPE_TO_B33850B,
     # A second seed of a row one seed put ahead: one 24-minute seed's standard error is about a point.
     "seed 1": ["seed=1"],
     "loss eps 0.06, adversarial replay from 0.7, seed 1": [
