@@ -226,7 +226,7 @@ def test_shuffled_blocks_are_the_orthogonal_product_b2_p_b1(dim, blocks):
     k, b = blocks
     with torch.no_grad():
         op.weight.normal_(generator=torch.Generator().manual_seed(dim))
-    q = op.effective_weight().detach()
+    q = op.matrix().detach()
     first, second = (f.detach() for f in op.factors(op.weight))
     shuffle = torch.zeros(dim, dim, dtype=torch.float64)
     for i in range(k):
@@ -237,8 +237,11 @@ def test_shuffled_blocks_are_the_orthogonal_product_b2_p_b1(dim, blocks):
     assert orthogonality_error(q) < 1e-11 and orthogonality_error(q.t()) < 1e-11
     if k > 1:
         assert bool((q.abs() > 1e-12).all())  # full mixing
-    x = torch.randn(3, dim, dtype=torch.float64)
-    assert torch.allclose(op.adjoint_with(op.apply_with(x, q), q), x, atol=1e-10)
+    packed = op.effective_weight().detach()  # the factors, applied without forming Q
+    x, y = torch.randn(3, dim, dtype=torch.float64), torch.randn(3, dim, dtype=torch.float64)
+    assert torch.allclose(op.apply_with(x, packed), x @ q.mT, atol=1e-12, rtol=0)
+    assert torch.allclose(op.adjoint_with(y, packed), y @ q, atol=1e-12, rtol=0)
+    assert torch.allclose(op.adjoint_with(op.apply_with(x, packed), packed), x, atol=1e-10)
     low, high = op.singular_value_range()
     assert abs(low - 1) < 1e-10 and abs(high - 1) < 1e-10
 
