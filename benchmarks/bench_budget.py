@@ -158,6 +158,8 @@ ABLATIONS = {
     # images/s at 256, 1.4x at 512; whole 24-minute runs 1.08x, 1.18x); Adam's lr scaled with sqrt(batch).
     "batch 256, lr 0.0042": ["trainer.batch_size=256", "optim.lr=0.0042"],
     "batch 512, lr 0.006": ["trainer.batch_size=512", "optim.lr=0.006"],
+    # Augmentation was never screened: an underfit network at ~30 epochs may gain from the plain images.
+    "no augmentation (no crop, no flip)": ["data.augment=false"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
     "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
     "loss eps 0.04, adversarial replay from 0.4 (the default to b33850b)": RECIPE_TO_B33850B,

@@ -80,3 +80,30 @@ def test_the_memory_benchmark_times_each_side_in_its_own_process():
     plain, kept = module.child("plain", 4, 2), module.child("kept", 4, 2)
     assert plain["kept"] is False and kept["kept"] is True
     assert plain["ms"] > 0 and kept["ms"] > 0 and kept["peak_mb"] > 0
+
+
+def test_the_dense_pair_baseline_is_the_same_network():
+    """bench_dense_pair times two paths of one map: the formed Q gives the factors' logits and
+    gradients, so its ratio is a speed difference and nothing else."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        module = load_benchmark("bench_dense_pair")
+        cfg = module.model_config(["model=lipschitz"], [4, 8, 16])
+        factors = module.TrainingStep(cfg, 8, "32")
+        dense = module.with_dense_q(module.TrainingStep(cfg, 8, "32"))
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert type(dense.model.dense[1].field.A).__name__ == "ShuffledBlockCayley"
+    outputs, grads = [], []
+    for step in (factors, dense):
+        logits = step.model(step.x)
+        logits.square().sum().backward()
+        outputs.append(logits.detach())
+        grads.append(step.model.dense[1].field.A.weight.grad.clone())
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert float(grads[0].abs().max()) > 0
