@@ -319,19 +319,24 @@ class ShuffledBlockCayley(CayleyDenseOperator):
 
     def apply_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Q x = B2 P B1 x over the last dimension of x."""
-        k, b = self.blocks
         first, second = self.unpack(weight)
-        lead = x.shape[:-1]
-        mixed = torch.einsum("kij,...kj->...ki", first, x.reshape(*lead, k, b)).transpose(-1, -2)
-        return torch.einsum("bij,...bj->...bi", second, mixed).reshape(*lead, self.dim)
+        return self.blocks_shuffle_blocks(x, first, second, self.blocks)
 
     def adjoint_with(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Q^T y = B1^T P^T B2^T y over the last dimension of y."""
-        k, b = self.blocks
+        """Q^T y = B1^T P^T B2^T y: the same pattern with the transposed blocks, grid b x k."""
         first, second = self.unpack(weight)
-        lead = y.shape[:-1]
-        mixed = torch.einsum("bji,...bj->...bi", second, y.reshape(*lead, b, k)).transpose(-1, -2)
-        return torch.einsum("kji,...kj->...ki", first, mixed).reshape(*lead, self.dim)
+        k, b = self.blocks
+        return self.blocks_shuffle_blocks(y, second.mT, first.mT, (b, k))
+
+    @staticmethod
+    def blocks_shuffle_blocks(
+        x: torch.Tensor, inner: torch.Tensor, outer: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """outer-blocks(P(inner-blocks(x))): x's last dimension read as a rows x cols grid, each
+        row multiplied by its inner block, the grid transposed, each new row by its outer block."""
+        lead = x.shape[:-1]
+        mixed = torch.einsum("gij,...gj->...gi", inner, x.reshape(*lead, *grid)).transpose(-1, -2)
+        return torch.einsum("gij,...gj->...gi", outer, mixed).reshape(*lead, grid[0] * grid[1])
 
     def matrix(self, packed: torch.Tensor | None = None) -> torch.Tensor:
         """Q as a dense (dim, dim) matrix: the factors (`packed`, by default those applied now)
