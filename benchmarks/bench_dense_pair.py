@@ -23,9 +23,9 @@ from dsnn_cli.devices import keep_freed_memory
 
 def form_q(op, weight: torch.Tensor) -> torch.Tensor:
     """Q as the dense matrix: the factors applied to the identity's columns (the old path)."""
-    first, second = op.factors(weight)
+    factored = type(op)  # the class's own packing and application; the instance's are patched below
     eye = torch.eye(op.dim, dtype=weight.dtype, device=weight.device)
-    return type(op).apply_with(op, eye, torch.cat([first.reshape(-1), second.reshape(-1)])).mT
+    return factored.apply_with(op, eye, factored.transform(op, weight)).mT
 
 
 def with_dense_q(step: TrainingStep) -> TrainingStep:
