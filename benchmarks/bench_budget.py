@@ -160,6 +160,10 @@ ABLATIONS = {
     "batch 512, lr 0.006": ["trainer.batch_size=512", "optim.lr=0.006"],
     # Augmentation was never screened: an underfit network at ~30 epochs may gain from the plain images.
     "no augmentation (no crop, no flip)": ["data.augment=false"],
+    # Its middle grounds: the flip alone (no shift of the image), and the plain images with a larger
+    # training radius to buy back the large radii the plain images lost.
+    "flip only (no crop)": ["data.augment=flip"],
+    "no augmentation, loss eps 0.08": ["data.augment=false", "loss.eps=0.08"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
     "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
     "loss eps 0.04, adversarial replay from 0.4 (the default to b33850b)": RECIPE_TO_B33850B,

@@ -53,6 +53,7 @@ TRAIN_CASES = [
     (["data.noise=-1"], "data.noise=-1"),
     (["data.limit_test=0"], "data.limit_test=0"),
     (["data.augment=yes"], "data.augment='yes'"),
+    (["data.augment=mirror"], "crop_flip, crop, flip, none"),
     (["certify.eps=[-1]"], "eps=-1"),
 ]
 

@@ -50,6 +50,20 @@ def test_augmentation_is_a_crop_or_flip_of_the_padded_image():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
 
 
+@pytest.mark.parametrize("mode", ["flip", "crop", "none"])
+def test_each_augmentation_mode_draws_only_its_transforms(mode):
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(0), mode=mode)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(32):
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(9) for dx in range(9)]
+        unflipped = any(torch.equal(out[i], w) for w in windows)
+        flipped = torch.equal(out[i], images[i].flip(2))
+        assert {"flip": unflipped or flipped, "crop": unflipped, "none": torch.equal(out[i], images[i])}[mode]
+    moved = sum(not torch.equal(out[i], images[i]) for i in range(32))
+    assert (moved == 0) == (mode == "none")  # flip and crop move some of 32 images (1 - 2^-32)
+
+
 def test_batches_cover_the_split_once_in_float():
     cfg = data_config("synthetic", n_train=64, n_test=10, image_size=8, val_size=0)
     split = load_data(cfg).train

@@ -68,7 +68,7 @@ class TrainSettings:
             optim=to_plain(cfg.optim),
             scheduler=to_plain(cfg.scheduler),
             seed=setting(cfg, "seed", int, ""),
-            augment=bool(data["augment"]) if "augment" in data else False,  # vector data: none
+            augment=data.get("augment", "none"),  # vector data: none
             adversary=adversary(
                 setting(adversarial, "eps", float, "loss.adversarial", low=0, low_open=True, nullable=True)
             ),

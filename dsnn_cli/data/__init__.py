@@ -1,7 +1,7 @@
 """Data: image datasets and ODE flow-map data, subsets, and batches.
 
 >>> data = load_data(cfg.data)          # ImageData or VectorData with train/val/test splits
->>> for x, y in batches(data.train, 128, shuffle=True, augment=True, generator=g): ...
+>>> for x, y in batches(data.train, 128, shuffle=True, augment="crop_flip", generator=g): ...
 """
 
 from dsnn_cli.data.containers import DATASETS, ImageData, LazySplit, Source, Split, VectorData, VectorSource

@@ -168,18 +168,32 @@ DATASETS.add("cifar10", torchvision_cifar("CIFAR10", "CIFAR-10"))
 DATASETS.add("cifar100", torchvision_cifar("CIFAR100", "CIFAR-100"))
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
-    """Random crop from a zero-padded image and random horizontal flip, per image.
+# data.augment: which random transforms a training batch gets (true = crop_flip, false = none).
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+
+
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator | None, pad: int = 4, mode: str = "crop_flip"
+) -> torch.Tensor:
+    """Random crop from a zero-padded image and/or random horizontal flip, per image (`mode`:
+    one of AUGMENTATIONS).
 
     The draws come from `generator` on the CPU (what a checkpoint saves) and reach the images'
-    device as one non-blocking copy.
+    device as one non-blocking copy; a mode draws only what it uses.
     """
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {mode!r} is not one of {', '.join(AUGMENTATIONS)}")
+    crop, flip_images = mode in ("crop_flip", "crop"), mode in ("crop_flip", "flip")
+    if not (crop or flip_images):
+        return images
     n, _, h, w = images.shape
     device = images.device
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    pad = pad if crop else 0
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if crop else images
+    zero = torch.zeros(n, dtype=torch.long)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if crop else zero
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if crop else zero
+    flip = torch.rand(n, generator=generator) < 0.5 if flip_images else zero.bool()
     dy, dx, flip = to_device(torch.stack([dy, dx, flip.long()]), device)
     rows = dy[:, None] + torch.arange(h, device=device)
     cols = dx[:, None] + torch.arange(w, device=device)

@@ -1,7 +1,7 @@
 """`load_data`: a dataset's splits with the configured subsets, and batch iteration on the device.
 
-Augmentation (random crop with 4-pixel zero padding, horizontal flip) is applied to whole
-uint8 batches.
+Augmentation (`data.augment`: random crop with 4-pixel zero padding and/or horizontal flip)
+is applied to whole uint8 batches.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from dsnn_cli.config import convert, setting, to_plain
 from dsnn_cli.data.containers import DATASETS, ImageData, Split, VectorData, VectorSource
-from dsnn_cli.data.images import augment_batch
+from dsnn_cli.data.images import AUGMENTATIONS, augment_batch
 from dsnn_cli.data.subsets import split_validation, stratified_subset
 from dsnn_cli.data.vectors import vector_data
 from dsnn_cli.devices import to_device
@@ -25,7 +25,6 @@ DATA_KEYS: dict[str, dict[str, Any]] = {
     "limit_train": {"kind": int, "low": 1, "nullable": True},
     "limit_test": {"kind": int, "low": 1, "nullable": True},
     "subset_seed": {"kind": int},
-    "augment": {"kind": bool},
     "n_train": {"kind": int, "low": 1},
     "n_test": {"kind": int, "low": 1},
     "image_size": {"kind": int, "low": 1},
@@ -47,6 +46,8 @@ def check_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, rule in DATA_KEYS.items():
         if key in cfg:
             cfg[key] = setting(cfg, key, prefix="data", **rule)
+    if "augment" in cfg:
+        cfg["augment"] = augmentation(cfg["augment"])
     for key in ("mean", "std"):
         values = cfg.get(key)
         if values is not None and (
@@ -54,6 +55,18 @@ def check_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         ):
             raise UsageError(f"data.{key}={values} must be a list of numbers{' > 0' if key == 'std' else ''}")
     return cfg
+
+
+def augmentation(value: Any) -> str:
+    """`data.augment` as one of AUGMENTATIONS: true is crop_flip, false is none."""
+    if isinstance(value, bool):
+        return "crop_flip" if value else "none"
+    if value not in AUGMENTATIONS:
+        raise UsageError(
+            f"data.augment={value!r} is not valid: it must be true (crop_flip), false (none) or one of "
+            + ", ".join(AUGMENTATIONS)
+        )
+    return str(value)
 
 
 def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:
@@ -92,7 +105,7 @@ def batches(
     batch_size: int,
     *,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: str = "none",
     generator: torch.Generator | None = None,
     limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,8 +127,7 @@ def batches(
         idx = order[start : start + batch_size]
         inputs = split.inputs[idx]
         if inputs.dtype == torch.uint8:  # images: augment as uint8, then scale to [0, 1]
-            if augment:
-                inputs = augment_batch(inputs, generator)
+            inputs = augment_batch(inputs, generator, mode=augment)
             inputs = inputs.float().div_(255.0)
         yield inputs, split.targets[idx]
         count += 1

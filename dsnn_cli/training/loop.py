@@ -153,7 +153,7 @@ class Recipe:
     optim: Mapping[str, Any]
     scheduler: Mapping[str, Any]
     seed: int
-    augment: bool
+    augment: str  # one of data.images.AUGMENTATIONS
     # Free adversarial training: from the fraction `adversarial_start` of training on, each batch
     # is trained on, then again at adversary(x, input gradient of that step) (None: clean only)
     adversary: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -341,7 +341,7 @@ def fit(
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
     elif world.main:  # a run cut off before its first checkpoint starts again: so do its rows
         run.reset_metrics(0)
-    augment = isinstance(data, ImageData) and recipe.augment
+    augment = recipe.augment if isinstance(data, ImageData) else "none"
     reads = DeviceReads(world, logger)
     with progress_bar(trainer.progress) as bar, training_arithmetic(device, trainer.deterministic):
         total = budget if budget is not None else (epochs - state["epoch"]) * steps
