@@ -163,6 +163,7 @@ ABLATIONS = {
     # Its middle grounds: the flip alone (no shift of the image), and the plain images with a larger
     # training radius to buy back the large radii the plain images lost.
     "flip only (no crop)": ["data.augment=flip"],
+    "crop + flip (the default to 47b0740)": ["data.augment=crop_flip"],
     "no augmentation, loss eps 0.08": ["data.augment=false", "loss.eps=0.08"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
     "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
