@@ -188,7 +188,6 @@ def augment_batch(
         return images
     n, _, h, w = images.shape
     device = images.device
-    pad = pad if crop else 0
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if crop else images
     zero = torch.zeros(n, dtype=torch.long)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if crop else zero

@@ -47,7 +47,7 @@ def check_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if key in cfg:
             cfg[key] = setting(cfg, key, prefix="data", **rule)
     if "augment" in cfg:
-        cfg["augment"] = augmentation(cfg["augment"])
+        cfg["augment"] = augmentation(cfg)
     for key in ("mean", "std"):
         values = cfg.get(key)
         if values is not None and (
@@ -57,16 +57,11 @@ def check_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def augmentation(value: Any) -> str:
+def augmentation(cfg: Mapping[str, Any]) -> str:
     """`data.augment` as one of AUGMENTATIONS: true is crop_flip, false is none."""
-    if isinstance(value, bool):
-        return "crop_flip" if value else "none"
-    if value not in AUGMENTATIONS:
-        raise UsageError(
-            f"data.augment={value!r} is not valid: it must be true (crop_flip), false (none) or one of "
-            + ", ".join(AUGMENTATIONS)
-        )
-    return str(value)
+    if isinstance(cfg["augment"], bool):
+        return "crop_flip" if cfg["augment"] else "none"
+    return setting(cfg, "augment", str, "data", choices=AUGMENTATIONS)
 
 
 def load_data(cfg: Mapping[str, Any], with_train: bool = True) -> ImageData | VectorData:
