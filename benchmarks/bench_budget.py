@@ -165,8 +165,9 @@ ABLATIONS = {
     "flip only (no crop)": ["data.augment=flip"],
     "crop + flip (the default to 47b0740)": ["data.augment=crop_flip"],
     "no augmentation, loss eps 0.08": ["data.augment=false", "loss.eps=0.08"],
-    # With the flip, doubling the budget (10 -> 24 min) added only about a point of clean accuracy on
-    # validation: capacity, not steps, may bind now. Two ways to add it at about 0.82-0.85x the speed.
+    # With the flip, 2.4x the budget (10 -> 24 min) added only about a point of clean accuracy on
+    # validation: capacity, not steps, may bind now. Two ways to add it, each 0.82-0.85x the speed;
+    # both came out level at 24 min ("two dense pairs" is the other).
     "4 steps in the last stage": ["model.steps=[2,2,4]"],
     "loss eps 0.08, adversarial replay from 0.7": ["loss.eps=0.08", "loss.adversarial.start=0.7"],
     "loss eps 0.06, adversarial replay from 0.7": ["loss.eps=0.06", "loss.adversarial.start=0.7"],
