@@ -224,8 +224,8 @@ def test_an_unfinished_run_continues_only_with_resume(tmp_path, monkeypatch):
 
     real_save = training.save_training_state
 
-    def save_then_stop(run, model, optimizer, generator, state, best):
-        real_save(run, model, optimizer, generator, state, best)
+    def save_then_stop(run, model, optimizer, generator, state, best, **kwargs):
+        real_save(run, model, optimizer, generator, state, best, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training, "save_training_state", save_then_stop)
@@ -268,8 +268,8 @@ def interrupted_after_epochs(cfg, run_dir, monkeypatch, overrides=None, epochs: 
 
     real_save = training.save_training_state
 
-    def save_then_stop(run, model, optimizer, generator, state, best):
-        real_save(run, model, optimizer, generator, state, best)
+    def save_then_stop(run, model, optimizer, generator, state, best, **kwargs):
+        real_save(run, model, optimizer, generator, state, best, **kwargs)
         if state["epoch"] == epochs:
             raise KeyboardInterrupt
 

@@ -52,9 +52,11 @@ def test_certified_run_records_bound_and_certified(trained_lipschitz_run):
     assert certified["0"] <= summary["test_acc"] + 1e-12
 
 
-def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", ["null", "0.9"])
+def test_resume_is_bit_for_bit(ema, tmp_path, monkeypatch):
     cfg = compose_config(
-        "train", [*TINY, "model=lipschitz", "trainer.limit_batches=3", "trainer.max_epochs=2"]
+        "train",
+        [*TINY, "model=lipschitz", "trainer.limit_batches=3", "trainer.max_epochs=2", f"trainer.ema={ema}"],
     )
     straight = tmp_path / "straight"
     run_train(cfg, straight)
@@ -63,8 +65,8 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
 
     real_save = training.save_training_state
 
-    def save_then_crash(run, model, optimizer, generator, state, best):
-        real_save(run, model, optimizer, generator, state, best)
+    def save_then_crash(run, model, optimizer, generator, state, best, **kwargs):
+        real_save(run, model, optimizer, generator, state, best, **kwargs)
         if state["epoch"] == 1:
             raise KeyboardInterrupt  # the run is killed right after its first checkpoint
 
@@ -81,6 +83,9 @@ def test_resume_is_bit_for_bit(tmp_path, monkeypatch):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["training"].keys() == b["training"].keys()
+    for key in a["training"].get("trained", {}):  # the weights the optimiser goes on from
+        assert torch.equal(a["training"]["trained"][key], b["training"]["trained"][key]), key
     ma = (straight / "metrics.jsonl").read_text().splitlines()
     mb = (resumed / "metrics.jsonl").read_text().splitlines()
     measured = ("seconds", "peak_memory_mb", "rss_mb")  # by the machine, not by training

@@ -15,7 +15,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from dsnn_cli.distributed import World
 from dsnn_cli.errors import DsnnError, UsageError
 from dsnn_cli.models.inference import predict
 from dsnn_cli.rundir import RunDir
+from dsnn_cli.training.averaging import WeightAverage
 from dsnn_cli.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from dsnn_cli.training.loggers import MetricLogger
 from dsnn_cli.training.losses import LipschitzMarginLoss, build_loss
@@ -52,22 +54,35 @@ class Snapshot:
     generator: torch.Tensor
     torch_rng: torch.Tensor
     state: dict[str, Any]
+    average: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def take(cls, model: nn.Module, optimizer, generator: torch.Generator, state: dict) -> Snapshot:
+    def take(
+        cls,
+        model: nn.Module,
+        optimizer,
+        generator: torch.Generator,
+        state: dict,
+        average: WeightAverage | None,
+    ) -> Snapshot:
         return cls(
             copy.deepcopy(model.state_dict()),
             copy.deepcopy(optimizer.state_dict()),
             generator.get_state(),
             torch.get_rng_state(),
             copy.deepcopy(state),
+            None if average is None else average.state_dict(),
         )
 
-    def restore(self, model: nn.Module, optimizer, generator: torch.Generator) -> dict[str, Any]:
+    def restore(
+        self, model: nn.Module, optimizer, generator: torch.Generator, average: WeightAverage | None
+    ) -> dict[str, Any]:
         model.load_state_dict(self.model)
         optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         generator.set_state(self.generator)
         torch.set_rng_state(self.torch_rng)
+        if average is not None:
+            average.load_state_dict(self.average)
         return copy.deepcopy(self.state)
 
 
@@ -108,6 +123,7 @@ class TrainerConfig:
     compile: bool
     deterministic: bool = False
     test: bool = True
+    ema: float | None = None
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> TrainerConfig:
@@ -138,11 +154,23 @@ class TrainerConfig:
             deterministic="deterministic" in node and setting(node, "deterministic", bool, "trainer"),
             # a run resumed from a config written before the key existed: tested
             test="test" not in node or setting(node, "test", bool, "trainer"),
+            # a run resumed from a config written before the key existed: no average
+            ema=average_decay(node),
         )
 
     @property
     def budget_seconds(self) -> float | None:
         return None if self.max_minutes is None else 60.0 * self.max_minutes
+
+
+def average_decay(node: Mapping[str, Any]) -> float | None:
+    """`trainer.ema`: null, or a decay in [0, 1) (1 would never move the average off the start)."""
+    decay = setting(node, "ema", float, "trainer", low=0, high=1, nullable=True) if "ema" in node else None
+    if decay == 1.0:
+        raise UsageError(
+            "trainer.ema=1 never moves the average off the initial weights: give a decay below 1, e.g. 0.998"
+        )
+    return decay
 
 
 @dataclass(frozen=True)
@@ -321,6 +349,7 @@ def fit(
     trained = model if not world.distributed else data_parallel(model, device)
     forward = torch.compile(trained) if trainer.compile else trained  # training steps only
     optimizer = build_optimizer(recipe.optim, model.parameters())
+    average = None if trainer.ema is None else WeightAverage(model, trainer.ema)
     steps = batches_per_epoch(len(train_split), batch_size, limit)
     schedule = build_schedule(recipe.scheduler, optimizer, epochs)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -335,7 +364,7 @@ def fit(
         "steps": 0,
     }
     if trainer.resume and (run.checkpoints / LAST).is_file():
-        state = {**state, **resume(run, model, optimizer, generator)}
+        state = {**state, **resume(run, model, optimizer, generator, average)}
         if world.main:
             run.reset_metrics(state["epoch"])
         log.info("resumed from %s at epoch %d (trainer.resume)", run.checkpoints / LAST, state["epoch"])
@@ -350,7 +379,7 @@ def fit(
         while not finished(state, epochs, budget, world, device):
             epoch += 1
             started = time.perf_counter()
-            snapshot = Snapshot.take(model, optimizer, generator, state)
+            snapshot = Snapshot.take(model, optimizer, generator, state, average)
             diverged = False
             model.train()
             stats = EpochStats(task.classification, device)
@@ -384,11 +413,13 @@ def fit(
                 x = x.contiguous(memory_format=fmt).requires_grad_(adversarial)
                 precision = trainer.precision
                 loss, outputs = optimise(forward, model, task, optimizer, x, y, precision, world, batch)
+                averaged(average, model)
                 state["steps"] += 1
                 reads.record(state["steps"], "loss", loss)
                 if adversarial:  # the same batch again, moved along the gradient it left (free AT)
                     moved = recipe.adversary(x.detach(), x.grad)
                     replay, _ = optimise(forward, model, task, optimizer, moved, y, precision, world, batch)
+                    averaged(average, model)
                     state["steps"] += 1
                     reads.record(state["steps"], "adversarial_loss", replay)
                 stats.add(loss, outputs, y)
@@ -398,26 +429,50 @@ def fit(
             if not diverged:  # what the last read did not see
                 diverged = reads.read(spent, stats).diverged
             if diverged or not finite_weights(model):
-                state = retry_after_divergence(snapshot, model, optimizer, generator, trainer, epoch, started)
+                state = retry_after_divergence(
+                    snapshot, model, optimizer, generator, average, trainer, epoch, started
+                )
                 epoch -= 1
                 continue
             model.calibrate()
             stats.read(world)
             bar.update(progress, status=f"epoch {epoch} {stats.describe()}")
-            row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
-            row.update(peak_memory_mb=peak_memory_mb(device), rss_mb=resident_memory_mb())
-            state["seconds"] += time.perf_counter() - started
-            row["seconds"] = round(state["seconds"], 3)
-            improved = val_split is None or task.score(row) > state["best_score"]
-            if improved:
-                state.update(
-                    best_score=task.score(row) if val_split is not None else -math.inf, best_epoch=epoch
-                )
-            state["epoch"] = epoch
-            if world.main:  # every rank holds the same state; one writes it
-                record_epoch(run, logger, model, optimizer, generator, state, row, improved)
-            world.barrier()  # no rank starts the next epoch before the checkpoint is written
+            with scored_weights(model, average) as trained:
+                row = epoch_row(epoch, stats, optimizer, model, val_split, task, trainer, fmt)
+                row.update(peak_memory_mb=peak_memory_mb(device), rss_mb=resident_memory_mb())
+                state["seconds"] += time.perf_counter() - started
+                row["seconds"] = round(state["seconds"], 3)
+                improved = val_split is None or task.score(row) > state["best_score"]
+                if improved:
+                    state.update(
+                        best_score=task.score(row) if val_split is not None else -math.inf, best_epoch=epoch
+                    )
+                state["epoch"] = epoch
+                if world.main:  # every rank holds the same state; one writes it
+                    record_epoch(run, logger, model, optimizer, generator, state, row, improved, trained)
+                world.barrier()  # no rank starts the next epoch before the checkpoint is written
     return state
+
+
+def averaged(average: WeightAverage | None, model: nn.Module) -> None:
+    """One step of the weights' moving average (`trainer.ema`), after each optimiser step."""
+    if average is not None:
+        average.update(model)
+
+
+@contextmanager
+def scored_weights(
+    model: nn.Module, average: WeightAverage | None
+) -> Iterator[dict[str, torch.Tensor] | None]:
+    """The weights an epoch is validated and saved with: with `trainer.ema` the average,
+    calibrated to its own proven norms (yields the trained parameters, which `last.pt` keeps for a
+    resumed run), else the model's own (yields None)."""
+    if average is None:
+        yield None
+        return
+    with average.applied(model) as trained:
+        model.calibrate()
+        yield trained
 
 
 def optimise(
@@ -440,10 +495,10 @@ def optimise(
     return loss.detach(), outputs.detach()
 
 
-def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool) -> None:
+def record_epoch(run, logger, model, optimizer, generator, state, row, improved: bool, trained=None) -> None:
     """The epoch's row, checkpoints and summary, in the order a resumed run relies on."""
     run.append_metrics(row)  # before the checkpoint: a resumed run drops rows past it
-    save_training_state(run, model, optimizer, generator, state, best=improved)
+    save_training_state(run, model, optimizer, generator, state, best=improved, trained=trained)
     logger.epoch(row["epoch"], row)  # after it: a logger never shows an epoch a resume redoes
     run.update(
         epochs=row["epoch"],
@@ -463,11 +518,18 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def retry_after_divergence(
-    snapshot: Snapshot, model, optimizer, generator, trainer: TrainerConfig, epoch: int, started: float
+    snapshot: Snapshot,
+    model,
+    optimizer,
+    generator,
+    average,
+    trainer: TrainerConfig,
+    epoch: int,
+    started: float,
 ) -> dict[str, Any]:
     """Restart the epoch from its snapshot at a lower learning rate, or raise Diverged when the
     retries are spent (the checkpoints of the finished epochs stay as they are)."""
-    state = snapshot.restore(model, optimizer, generator)
+    state = snapshot.restore(model, optimizer, generator, average)
     if state["retries"] >= trainer.divergence_retries:
         raise Diverged(
             f"training diverged (a non-finite loss or weight) in epoch {epoch} after "
@@ -524,7 +586,10 @@ def format_row(row: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def save_training_state(run, model, optimizer, generator, state, best: bool) -> None:
+def save_training_state(run, model, optimizer, generator, state, best: bool, trained=None) -> None:
+    """`last.pt` holds the model as scored (with `trainer.ema` the average, whose parameters are
+    the average's state) and, under "training", what a resumed run needs: the optimiser, the
+    random streams, the loop's state and, with an average, the trained parameters."""
     extra = {
         "epoch": state["epoch"],
         "training": {
@@ -532,6 +597,7 @@ def save_training_state(run, model, optimizer, generator, state, best: bool) -> 
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "state": {k: v for k, v in state.items()},
+            **({} if trained is None else {"trained": {k: v.detach().cpu() for k, v in trained.items()}}),
         },
     }
     save_checkpoint(run.checkpoints / LAST, model, **extra)
@@ -539,9 +605,10 @@ def save_training_state(run, model, optimizer, generator, state, best: bool) -> 
         save_checkpoint(run.checkpoints / BEST, model, epoch=state["epoch"])
 
 
-def resume(run: RunDir, model, optimizer, generator) -> dict[str, Any]:
+def resume(run: RunDir, model, optimizer, generator, average: WeightAverage | None = None) -> dict[str, Any]:
     """Restore weights, optimizer and random streams from ``last.pt`` (the schedule follows
-    from the progress the state records)."""
+    from the progress the state records); with `trainer.ema`, the average from its weights and
+    the model from the trained parameters beside them."""
     payload = load_checkpoint(run.checkpoints / LAST)
     if payload["model_config"] != model.config["model"]:
         raise UsageError(
@@ -550,6 +617,16 @@ def resume(run: RunDir, model, optimizer, generator) -> dict[str, Any]:
         )
     model.load_state_dict(payload["state_dict"])
     training = payload["training"]
+    if (average is None) != ("trained" not in training):
+        raise UsageError(
+            f"trainer.resume: {run.checkpoints / LAST} was {'not ' if average else ''}trained with a weight "
+            "average (trainer.ema); resume with the original overrides"
+        )
+    if average is not None:
+        with torch.no_grad():
+            average.load_state_dict(dict(model.named_parameters()))
+            for name, p in model.named_parameters():
+                p.copy_(training["trained"][name])
     optimizer.load_state_dict(training["optimizer"])
     generator.set_state(training["generator"])
     torch.set_rng_state(training["torch_rng"])
