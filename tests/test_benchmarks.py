@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 from conftest import REPO
 from helpers import compose_config
 
@@ -107,3 +108,23 @@ def test_the_dense_pair_baseline_is_the_same_network():
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
     assert float(grads[0].abs().max()) > 0
+
+
+def test_the_averaging_benchmark_scores_each_decay_of_one_trajectory(tmp_path):
+    """bench_averaging: decay 0 is the trained weights of the last step, and a copy of the run
+    holds each average with its norms proven for it."""
+    from dsnn_cli.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    module = load_benchmark("bench_averaging")
+    run_dir = tmp_path / "trained"
+    averages = module.train_with_averages(compose_config("train", SMOKE), run_dir, [0.0, 0.5])
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state_dict"]
+    assert all(torch.equal(last[k], v) for k, v in averages[0.0].shadow.items())
+    copy = module.averaged_run(run_dir, averages[0.5])
+    saved = load_checkpoint(copy / "checkpoints" / "final.pt")["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in averages[0.5].shadow.items())
+    assert any(not torch.equal(last[k], v) for k, v in averages[0.5].shadow.items())
+    model = model_from_checkpoint(load_checkpoint(copy / "checkpoints" / "final.pt"))
+    sigmas = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("sigma")}
+    model.calibrate()
+    assert sigmas and all(torch.equal(v, model.state_dict()[k]) for k, v in sigmas.items())
