@@ -61,11 +61,9 @@ def averaged_run(run_dir: Path, average: WeightAverage) -> Path:
     path = target / "checkpoints" / FINAL
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload)
-    with average.applied(model):
-        model.calibrate()
-        kept = {k: v for k, v in payload.items() if k not in ("format", "model_config", "data_info")}
-        kept = {k: v for k, v in kept.items() if k not in ("state_dict", "weights_sha256")}
-        save_checkpoint(path, model, **kept)
+    written = ("format", "model_config", "data_info", "state_dict", "weights_sha256")  # by save_checkpoint
+    with loop.scored_weights(model, average):  # the average, calibrated, as an epoch scores it
+        save_checkpoint(path, model, **{k: v for k, v in payload.items() if k not in written})
     return target
 
 

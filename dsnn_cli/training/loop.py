@@ -617,11 +617,6 @@ def resume(run: RunDir, model, optimizer, generator, average: WeightAverage | No
         )
     model.load_state_dict(payload["state_dict"])
     training = payload["training"]
-    if (average is None) != ("trained" not in training):
-        raise UsageError(
-            f"trainer.resume: {run.checkpoints / LAST} was {'not ' if average else ''}trained with a weight "
-            "average (trainer.ema); resume with the original overrides"
-        )
     if average is not None:
         with torch.no_grad():
             average.load_state_dict(dict(model.named_parameters()))
